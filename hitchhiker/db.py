@@ -1,0 +1,106 @@
+"""The DuckDB store: one database file, schema migrations from `sql/migrations`, SQL loaded by name."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+DEFAULT_DB = "hitchhiker.duckdb"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+class StoreError(RuntimeError):
+    """A problem with the database file that a user can act on (named in the message)."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the DuckDB file for writing."""
+
+
+def db_path(path: str | os.PathLike | None = None) -> Path:
+    """The database path: the argument, else $HITCHHIKER_DB, else ./hitchhiker.duckdb."""
+    return Path(path or os.environ.get("HITCHHIKER_DB") or DEFAULT_DB)
+
+
+def connect(path: str | os.PathLike | None = None, read_only: bool = False, migrate_schema: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open the store (creating and migrating it unless read-only); a held lock is a clear StoreLockedError."""
+    p = db_path(path)
+    if read_only and not p.exists():
+        raise StoreError(f"database {p} does not exist (run an ingest first, or pass --db / HITCHHIKER_DB)")
+    if not read_only:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(p), read_only=read_only)
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            raise StoreLockedError(
+                f"database {p} is locked by another process (DuckDB allows one writer per file); "
+                f"wait for that run to finish or use another --db. DuckDB said: {e}"
+            ) from None
+        raise StoreError(f"cannot open database {p}: {e}") from None
+    if migrate_schema and not read_only:
+        migrate(con)
+    return con
+
+
+def sql_text(name: str) -> str:
+    """The text of `sql/<name>.sql` (name may contain a sub-folder, e.g. 'queries/reward_by_date')."""
+    f = SQL_DIR / f"{name}.sql"
+    if not f.is_file():
+        raise StoreError(f"SQL file {f} not found")
+    return f.read_text()
+
+
+def migrations() -> list[tuple[int, str, Path]]:
+    """Ordered (version, name, path) of every file in sql/migrations."""
+    out = []
+    for f in sorted((SQL_DIR / "migrations").glob("*.sql")):
+        m = _MIGRATION_NAME.match(f.name)
+        if not m:
+            raise StoreError(f"migration file {f} is not named NNN_name.sql")
+        out.append((int(m.group(1)), m.group(2), f))
+    versions = [v for v, _, _ in out]
+    if len(versions) != len(set(versions)):
+        raise StoreError(f"two migrations share a version number in {SQL_DIR / 'migrations'}")
+    return out
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Apply every migration not yet recorded in schema_version, each in its own transaction; returns the version."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    done = {v for (v,) in con.execute("SELECT version FROM schema_version").fetchall()}
+    for version, name, path in migrations():
+        if version in done:
+            continue
+        with transaction(con):
+            con.execute(path.read_text())
+            con.execute(
+                "INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, datetime.now(timezone.utc)]
+            )
+    return schema_version(con)
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest applied migration version (0 for an empty store)."""
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN/COMMIT, rolling back whole on any error so that a failed batch leaves nothing half-written."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
