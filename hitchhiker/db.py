@@ -91,7 +91,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The highest applied migration version (0 for an empty store)."""
-    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
 
 
 @contextlib.contextmanager
