@@ -56,6 +56,131 @@ def _cmd_sql(args) -> int:
     return 0
 
 
+# --- ingest ----------------------------------------------------------------------------------------------
+
+def _add_ingest(sub, parent) -> None:
+    p = sub.add_parser("ingest", help="store prices or news (upsert: re-running stores nothing twice)")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    pp = kinds.add_parser("prices", parents=[parent], help="daily prices from Yahoo or from CSV files")
+    src = pp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tickers", type=_csv_list, help="comma-separated symbols to download from Yahoo")
+    src.add_argument("--csv", help="CSV file, directory or glob (sp500_5yr or ticker,date,...,adj_close,volume)")
+    pp.add_argument("--start", help="with --tickers: first date (YYYY-MM-DD)")
+    pp.add_argument("--end", help="with --tickers: end date, exclusive (default: today)")
+    pp.set_defaults(func=_cmd_ingest_prices)
+    pn = kinds.add_parser("news", parents=[parent], help="headlines from RSS/Atom feeds or a headline CSV")
+    src = pn.add_mutually_exclusive_group(required=True)
+    src.add_argument("--feed", action="append", help="feed URL or file (repeat for several)")
+    src.add_argument("--csv", help="headline CSV (Benzinga ',title,date,stock' or BBC 'title,pubDate,guid,...')")
+    pn.add_argument("--ticker", help="with --feed: the ticker these feeds are about (default: from a Yahoo "
+                                     "feed's s= parameter, else market-wide)")
+    pn.set_defaults(func=_cmd_ingest_news)
+
+
+def _print_report(report) -> None:
+    print(report.summary())
+    for problem in report.problems:
+        print(f"  rejected: {problem}")
+    for key, why in sorted(report.failed.items()):
+        print(f"  failed: {key}: {why}")
+
+
+def _cmd_ingest_prices(args) -> int:
+    from hitchhiker import db, prices
+
+    if args.tickers is not None and not args.start:
+        raise ValueError("--tickers needs --start (YYYY-MM-DD)")
+    con = db.connect(args.db)
+    try:
+        if args.csv:
+            report = prices.ingest_csv(con, args.csv)
+        else:
+            import datetime as dt
+
+            end = args.end or (dt.date.today() + dt.timedelta(days=1)).isoformat()
+            report = prices.ingest_yfinance(con, args.tickers, args.start, end)
+        total = con.execute("SELECT count(*), count(DISTINCT ticker) FROM prices").fetchone()
+    finally:
+        con.close()
+    _print_report(report)
+    print(f"prices table: {total[0]} rows, {total[1]} tickers")
+    return 1 if report.failed and not (report.inserted or report.updated or report.unchanged) else 0
+
+
+def _cmd_ingest_news(args) -> int:
+    from hitchhiker import db, news
+
+    con = db.connect(args.db)
+    try:
+        if args.csv:
+            report = news.ingest_csv(con, args.csv)
+        else:
+            ticker_map = {f: args.ticker for f in args.feed} if args.ticker else None
+            report = news.ingest_feeds(con, args.feed, ticker_map=ticker_map)
+        total = con.execute("SELECT count(*), count(DISTINCT ticker) FROM news").fetchone()
+    finally:
+        con.close()
+    _print_report(report)
+    print(f"news table: {total[0]} items, {total[1]} tickers")
+    return 1 if report.failed and len(report.failed) == len(args.feed or []) else 0
+
+
+# --- states ----------------------------------------------------------------------------------------------
+
+def _add_states(sub, parent) -> None:
+    p = sub.add_parser("states", help="point-in-time states (prompts) per decision date")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    b = verbs.add_parser("build", parents=[parent], help="build the states of a date or a date range (idempotent)")
+    when = b.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", help="one decision date (a trading day in prices), YYYY-MM-DD")
+    when.add_argument("--start", help="first date of a range (with --end)")
+    b.add_argument("--end", help="last date of the range, inclusive")
+    b.add_argument("--mode", required=True, choices=["pairwise", "elementwise"])
+    b.add_argument("--tickers", type=_csv_list, help="comma-separated universe (default: every ticker in prices)")
+    b.add_argument("--style", default="full", choices=["full", "trend"],
+                   help="full: returns, volumes, summary, headlines; trend: one trend word per stock (tiny models)")
+    b.add_argument("--action-format", choices=["choice", "proportion", "discrete", "numeric"],
+                   help="pairwise: choice|proportion; elementwise: discrete|numeric (default: the first)")
+    # None: the StatesConfig default (one place for defaults)
+    b.add_argument("--history-days", type=int, help="daily rows of price history (default 10)")
+    b.add_argument("--trend-days", type=int, help="the trend word's look-back (default 5)")
+    b.add_argument("--max-headlines", type=int, help="per stock, newest first (default 5)")
+    b.add_argument("--horizon-days", type=int, help="the prompt asks about the next N trading days (default 1)")
+    b.add_argument("--max-pairs-per-date", type=int, help="pairwise: pairs drawn per date (default 20)")
+    b.add_argument("--max-prompt-tokens", type=int, help="token budget of the chat-templated prompt (default 1024)")
+    b.add_argument("--seed", type=int, help="pair sampling and A/B order (default 0)")
+    b.add_argument("--cutoff", help="decision time on T, exchange local time, America/New_York (default 16:00)")
+    b.add_argument("--no-anonymize", action="store_true", help="show real tickers (not for training)")
+    b.add_argument("--tokenizer", help="tokenizer name or path counting prompt tokens (default: the default small model's)")
+    b.set_defaults(func=_cmd_states_build)
+
+
+def _cmd_states_build(args) -> int:
+    from hitchhiker import db, states
+
+    if args.start and not args.end:
+        raise ValueError("--start needs --end (YYYY-MM-DD)")
+    given = {k: getattr(args, k) for k in (
+        "action_format", "history_days", "trend_days", "max_headlines", "horizon_days", "max_pairs_per_date",
+        "max_prompt_tokens", "seed", "cutoff", "tokenizer") if getattr(args, k) is not None}
+    config = states.StatesConfig(mode=args.mode, style=args.style, anonymize=not args.no_anonymize, **given)
+    con = db.connect(args.db)
+    try:
+        first, last = (args.date, args.date) if args.date else (args.start, args.end)
+        days = states.trading_days(con, first, last)
+        if not days:
+            raise ValueError(f"no trading day between {first} and {last} in the prices table of {db.db_path(args.db)}")
+        before = con.execute("SELECT count(*) FROM states").fetchone()[0]
+        ids = states.build_states(con, config, days, args.tickers)
+        new = con.execute("SELECT count(*) FROM states").fetchone()[0] - before
+        tokens = con.execute("SELECT max(prompt_tokens) FROM states WHERE list_contains(?, state_id)", [ids]).fetchone()[0]
+    finally:
+        con.close()
+    print(f"{len(ids)} {args.mode} states ({new} new) for {len(days)} trading days {days[0]}..{days[-1]}, "
+          f"style {args.style}; longest prompt {tokens or 0} tokens (budget {config.max_prompt_tokens})")
+    return 0
+
+
 # --- server / prefect-setup ------------------------------------------------------------------------------
 
 def _add_server(sub, parent) -> None:
@@ -86,6 +211,221 @@ def _cmd_prefect_setup(args) -> int:
     return 0
 
 
+# --- eval ------------------------------------------------------------------------------------------------
+
+def _add_eval(sub, parent) -> None:
+    p = sub.add_parser("eval", parents=[parent], help="evaluate a checkpoint against the base model and baselines")
+    p.add_argument("--checkpoint", required=True, help="checkpoint id, or 'base' for the untrained model")
+    p.add_argument("--start", required=True, help="first decision date (YYYY-MM-DD)")
+    p.add_argument("--end", required=True, help="last decision date (YYYY-MM-DD)")
+    p.add_argument("--mode", default="pairwise", choices=["pairwise", "elementwise"])
+    p.add_argument("--style", default=None, choices=["full", "trend"], help="only states of this rendering")
+    p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--gate", action="store_true", help="run the promotion gate against the current champion")
+    p.add_argument("--margin", type=float, default=0.0, help="gate: required lead in mean reward_usd")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from hitchhiker import db, evaluate, report
+
+    config = evaluate.EvalConfig(mode=args.mode, style=args.style, model=args.model, n_boot=args.n_boot,
+                                 gate_margin=args.margin)
+    con = db.connect(args.db)
+    try:
+        if args.gate:
+            run, decision = evaluate.promotion_gate(con, args.checkpoint, args.start, args.end, config)
+        else:
+            run, decision = evaluate.evaluate(con, args.checkpoint, args.start, args.end, config), None
+    finally:
+        con.close()
+    rows = [report.TABLE_COLUMNS] + report.table_rows(run.results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"{run.candidate}: {run.window[0]} .. {run.window[1]}, {run.n_states} {args.mode} states")
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    if decision is not None:
+        print(f"gate: {decision.reason}")
+    print(f"report: {run.report_path}")
+    return 0
+
+
+# --- train / loop ----------------------------------------------------------------------------------------
+
+def _add_train(sub, parent) -> None:
+    p = sub.add_parser("train", parents=[parent], help="train a checkpoint on matured replay groups (GRPO or DPO)")
+    p.add_argument("--algorithm", default="grpo", choices=["grpo", "dpo"])
+    p.add_argument("--parent", default=None, help="checkpoint id to continue (default: the base model)")
+    p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
+    p.add_argument("--finetune", default="lora", choices=["lora", "full"])
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the algorithm's)")
+    p.add_argument("--policy-version", default=None, help="GRPO: only groups sampled by this policy_version")
+    p.add_argument("--groups-per-step", type=int, default=8)
+    p.add_argument("--micro-batch", type=int, default=None, help="GRPO: groups per forward pass (gradient accumulation)")
+    p.add_argument("--loss-type", default="dr_grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo"])
+    p.add_argument("--beta", type=float, default=None, help="KL weight (GRPO default 0, DPO default 0.1)")
+    p.add_argument("--margin-usd", type=float, default=0.0, help="DPO: minimum reward difference of a pair")
+    p.add_argument("--save-every", type=int, default=0, help="GRPO: checkpoint every N optimizer steps")
+    p.add_argument("--run-dir", default=None, help="default: <db stem>_checkpoints/<algorithm>-<time>; an existing one resumes")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    import time
+    from pathlib import Path
+
+    from hitchhiker import db
+    from hitchhiker.train import checkpoints
+    from hitchhiker.train.config import DPOConfig, GRPOConfig
+
+    con = db.connect(args.db)
+    run_dir = args.run_dir or str(checkpoints.default_checkpoints_root(args.db) / f"{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        from hitchhiker.replay import default_root, ensure_view
+        from hitchhiker.rewards import ensure_advantages_view
+
+        ensure_view(con, default_root(args.db))
+        ensure_advantages_view(con)
+        if args.algorithm == "grpo":
+            from hitchhiker.train.grpo import plan_groups, train_grpo
+
+            cfg = GRPOConfig(finetune=args.finetune, groups_per_step=args.groups_per_step,
+                             groups_per_micro_batch=args.micro_batch or args.groups_per_step, loss_type=args.loss_type, save_every_steps=args.save_every,
+                             **({"learning_rate": args.lr} if args.lr else {}), **({"beta": args.beta} if args.beta is not None else {}))
+            groups = None
+            if args.policy_version and not (Path(run_dir) / "plan.json").is_file():
+                groups = plan_groups(con, cfg, args.parent, policy_version=args.policy_version)
+            res = train_grpo(con, cfg, run_dir, groups=groups, parent_id=args.parent, base_model=args.model,
+                             on_step_end=lambda step, m: print(f"step {step}: loss {m['loss']:.4f} reward_mean {m['reward_mean']:.4f} "
+                                                               f"valid {m['valid_rate']:.2f}", flush=True))
+        else:
+            from hitchhiker.train.dpo import train_dpo
+
+            cfg = DPOConfig(finetune=args.finetune, margin_usd=args.margin_usd,
+                            **({"learning_rate": args.lr} if args.lr else {}), **({"beta": args.beta} if args.beta is not None else {}))
+            res = train_dpo(con, cfg, run_dir, parent_id=args.parent, base_model=args.model)
+    finally:
+        con.close()
+    print(f"checkpoint {res.checkpoint_id}: {res.steps} steps on {len(res.groups_used)} groups -> {res.path}")
+    return 0
+
+
+def _add_loop(sub, parent) -> None:
+    p = sub.add_parser("loop", parents=[parent], help="states -> rollouts -> rewards -> GRPO -> eval, N iterations")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--synthetic", action="store_true", help="write the synthetic learnable market and loop on it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-start", default=None)
+    p.add_argument("--train-end", default=None)
+    p.add_argument("--eval-start", default=None)
+    p.add_argument("--eval-end", default=None)
+    p.add_argument("--tickers", default=None, help="comma-separated universe (default: every ticker in prices)")
+    p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
+    p.add_argument("--finetune", default="full", choices=["lora", "full"])
+    p.add_argument("--style", default="trend", choices=["full", "trend"])
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--out", default=None, help="run folder (default: <db stem>_loop/)")
+    p.set_defaults(func=_cmd_loop)
+
+
+def _cmd_loop(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from hitchhiker import db
+    from hitchhiker.loop import LoopConfig, run_loop, synthetic_setup
+    from hitchhiker.replay import default_root
+    from hitchhiker.synthetic import SyntheticMarket
+    from hitchhiker.states import trading_days
+
+    con = db.connect(args.db)
+    try:
+        if args.synthetic:
+            cfg = synthetic_setup(con, SyntheticMarket(seed=args.seed), iterations=args.iterations, model=args.model,
+                                  eval_every=args.eval_every, seed=args.seed)
+        else:
+            if not all([args.train_start, args.train_end, args.eval_start, args.eval_end]):
+                raise ValueError("give --train-start/--train-end/--eval-start/--eval-end, or --synthetic")
+            cfg = LoopConfig(train_dates=trading_days(con, args.train_start, args.train_end),
+                             eval_dates=trading_days(con, args.eval_start, args.eval_end), iterations=args.iterations,
+                             ticker_groups=[_csv_list(args.tickers)] if args.tickers else None, model=args.model,
+                             eval_every=args.eval_every, seed=args.seed)
+        cfg.grpo.finetune = args.finetune
+        cfg.states = dataclasses.replace(cfg.states, style=args.style)
+        out = Path(args.out) if args.out else db.db_path(args.db).parent / f"{db.db_path(args.db).stem}_loop"
+        res = run_loop(con, cfg, out, default_root(args.db), on_iteration=lambda r: print(
+            f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out accuracy {r['accuracy']:.3f} "
+            f"(n={r['n']}, p={r['p_value']:.2g})  valid {r['valid_rate']:.3f}", flush=True))
+    finally:
+        con.close()
+    print(f"last checkpoint: {res.checkpoint_id}; TensorBoard logs: {Path(res.out_dir) / 'tensorboard'}")
+    return 0
+
+
+# --- rewards ---------------------------------------------------------------------------------------------
+
+def _add_rewards(sub, parent) -> None:
+    p = sub.add_parser("rewards", help="dollar-normalized rewards of matured rollouts (sql/rewards.sql)")
+    rsub = p.add_subparsers(dest="rewards_command", required=True)
+    spec = argparse.ArgumentParser(add_help=False)
+    spec.add_argument("--horizon-days", type=int, default=1, help="sessions exposed (default 1)")
+    spec.add_argument("--entry", choices=["next_open", "decision_close"], default="next_open")
+    spec.add_argument("--pairwise", choices=["long_short", "allocation"], default="long_short")
+    spec.add_argument("--cost-bps", type=float, default=5.0, help="cost per leg traded, basis points (default 5)")
+    spec.add_argument("--risk-lambda", type=float, default=0.0, help="risk penalty lambda*|p|*sigma (default 0)")
+    spec.add_argument("--invalid-penalty-usd", type=float, default=0.02, help="reward of an invalid completion is -this")
+    c = rsub.add_parser("compute", parents=[parent, spec], help="reward every matured rollout of the replay buffer")
+    c.add_argument("--replay-root", default=None, help="replay Parquet root (default: <db stem>_replay/ beside the db)")
+    c.set_defaults(func=_cmd_rewards_compute)
+    v = rsub.add_parser("preview", parents=[parent, spec], help="what-if rewards for decisions in a CSV")
+    v.add_argument("--actions", required=True, help="CSV: decision_date,mode,ticker_a,ticker_b,action,proportion")
+    v.add_argument("--out", default=None, help="write the result as CSV here instead of printing it")
+    v.add_argument("--history-days", type=int, default=20, help="volatility window of the risk penalty")
+    v.set_defaults(func=_cmd_rewards_preview)
+
+
+def _reward_spec(args):
+    from hitchhiker.rewards import RewardSpec
+
+    return RewardSpec(horizon_days=args.horizon_days, entry=args.entry, pairwise=args.pairwise, cost_bps=args.cost_bps,
+                      risk_lambda=args.risk_lambda, invalid_penalty_usd=args.invalid_penalty_usd)
+
+
+def _cmd_rewards_compute(args) -> int:
+    from hitchhiker import db, replay, rewards
+
+    spec = _reward_spec(args)
+    con = db.connect(args.db)
+    try:
+        replay.ensure_view(con, args.replay_root or replay.default_root(args.db))
+        counts = rewards.compute_rewards(con, spec)
+    finally:
+        con.close()
+    print(f"reward_spec {counts['reward_spec']}: {counts['inserted']} rewarded, {counts['waiting']} waiting for "
+          f"their exit price, {counts['total']} in all")
+    return 0
+
+
+def _cmd_rewards_preview(args) -> int:
+    from hitchhiker import db, rewards
+
+    spec = _reward_spec(args)
+    con = db.connect(args.db, read_only=True)
+    try:
+        out = rewards.preview(con, args.actions, spec, history_days=args.history_days)
+    finally:
+        con.close()
+    if args.out:
+        out.to_csv(args.out, index=False)
+        print(f"{len(out)} decisions, {int(out['reward_usd'].notna().sum())} matured -> {args.out}")
+    else:
+        print(out.to_string(index=False))
+    return 0
+
+
 # --- main ------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     parent = _db_parent()
     _add_sql(sub, parent)
     _add_server(sub, parent)
+    _add_ingest(sub, parent)
+    _add_states(sub, parent)
+    _add_eval(sub, parent)
+    _add_train(sub, parent)
+    _add_loop(sub, parent)
+    _add_rewards(sub, parent)
     return parser
 
 

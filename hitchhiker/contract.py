@@ -37,10 +37,25 @@ class ParsedAction:
     invalid_reason: str | None = None
 
 
-def instructions(mode: str, horizon_days: int = 1, with_proportion: bool = False, numeric_position: bool = False) -> str:
-    """The answer format the prompt asks for, in words the parser below accepts."""
+def instructions(
+    mode: str, horizon_days: int = 1, with_proportion: bool = False, numeric_position: bool = False, brief: bool = False
+) -> str:
+    """The answer format the prompt asks for, in words the parser below accepts.
+
+    brief: one short line for the minimal 'trend' rendering (a tiny model reads ~40 tokens in all).
+    """
     _check_mode(mode)
+    if horizon_days < 1:
+        raise ValueError(f"horizon_days must be >= 1, got {horizon_days}")
     days = "trading day" if horizon_days == 1 else f"{horizon_days} trading days"
+    if brief:
+        if mode == PAIRWISE:
+            ask = f"Which stock will do better over the next {days}?"
+            end = "ACTION: A 0.70 (A or B, then the fraction in A)" if with_proportion else "ACTION: A or ACTION: B"
+        else:
+            ask = f"What position in the stock for the next {days}?"
+            end = "ACTION: 1.25 (a position from 0 to 2)" if numeric_position else "ACTION: buy or ACTION: hold or ACTION: sell"
+        return f"{ask} End with {end}"
     if mode == PAIRWISE:
         task = f"Which stock, A or B, will have the higher return over the next {days}?"
         last = "ACTION: A 0.70  (A or B, then the fraction of $1 to put in A, between 0 and 1)" if with_proportion else "ACTION: A  (or ACTION: B)"

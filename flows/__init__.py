@@ -1,0 +1,1 @@
+"""Thin Prefect flows over the hitchhiker library (one module per stage)."""

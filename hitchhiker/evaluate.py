@@ -1,0 +1,493 @@
+"""Out-of-sample evaluation of a checkpoint against the base model and rule baselines, and the promotion gate.
+
+One evaluation run = one candidate (a checkpoint or the base model), a window of decision dates, and the states
+of that window: the candidate decides greedily, the base model and every baseline decide on the very same
+states, every decision gets its reward from the rewards stage's SQL under one spec, and the metrics (with
+block-bootstrap intervals over dates) go to the `evaluations` table and a report folder.
+
+The walk-forward check comes first: the window must start after the exit date of every reward that trained the
+checkpoint or any of its ancestors (no overlap of reward windows); otherwise the run is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from hitchhiker import baselines, contract, db, grounding, metrics, report
+
+EVALUATOR_VERSION = "eval-v1"
+
+
+class SplitError(ValueError):
+    """The evaluation window overlaps what the checkpoint was trained on."""
+
+
+@dataclass
+class EvalConfig:
+    mode: str = contract.PAIRWISE
+    style: str | None = None  # only states of this rendering ('full'/'trend'); None = every state of the window
+    baselines: tuple[str, ...] | None = None  # None: every baseline of the mode
+    include_base_model: bool = True
+    model: str | None = None  # base model id/path (None: the default small model)
+    device: str = "auto"
+    batch_size: int = 64
+    max_new_tokens: int = 48
+    n_boot: int = 2000
+    seed: int = 0
+    results: list[report.SubjectResult] = field(default_factory=list)  # what the report shows, candidate first
+    reports_dir: str | None = None  # default: '<db stem>_reports' beside the database
+    gate_metric: str = "mean_reward_usd"  # or 'accuracy'
+    gate_margin: float = 0.0  # required lead over the champion, in the metric's unit
+
+
+@dataclass
+class EvalRun:
+    run_id: str
+    candidate: str
+    window: tuple[str, str]
+    n_states: int
+    report_path: Path
+    summaries: dict[str, dict] = field(default_factory=dict)  # subject -> metrics
+    daily: dict[str, pd.DataFrame] = field(default_factory=dict)  # subject -> per date: mean reward, accuracy
+    kinds: dict[str, str] = field(default_factory=dict)  # subject -> 'checkpoint' | 'base' | 'baseline'
+    n_boot: int = 2000
+    seed: int = 0
+
+
+# --- walk-forward split -------------------------------------------------------------------------------------------
+
+def training_cutoff(con: duckdb.DuckDBPyConnection, checkpoint_id: str) -> tuple[date | None, date | None]:
+    """(last decision date trained on, last reward exit date) over the checkpoint's whole lineage; Nones if untrained."""
+    rows = con.execute(db.sql_text("evaluate/lineage_groups"), {"checkpoint_id": checkpoint_id}).fetchall()
+    if not rows:
+        return None, None
+    missing = [g for g, d, _ in rows if d is None]
+    if missing:
+        raise SplitError(f"checkpoint {checkpoint_id}: {len(missing)} of {len(rows)} training groups are not in the "
+                         f"replay buffer (e.g. {missing[0]}), so its training dates cannot be checked")
+    last = max(d for _, d, _ in rows)
+    horizon = max(h or 1 for _, _, h in rows)
+    # The reward of a decision on D exits on the horizon-th trading day after D (either entry convention).
+    later = [r[0] for r in con.execute(
+        "SELECT DISTINCT date FROM prices WHERE date > ? ORDER BY date LIMIT ?", [last, horizon]).fetchall()]
+    exit_date = later[-1] if len(later) == horizon else None
+    try:
+        ((stored,),) = con.execute(
+            "SELECT max(w.exit_date) FROM rewards AS w JOIN replay AS r USING (rollout_id) "
+            "WHERE r.group_id IN (SELECT unnest(?::VARCHAR[]))", [[g for g, _, _ in rows]]).fetchall()
+    except duckdb.CatalogException:  # no rewards table yet: the price calendar alone decides
+        stored = None
+    if exit_date is None and stored is None:
+        raise SplitError(f"checkpoint {checkpoint_id} trained on decisions up to {last} whose rewards exit after the "
+                         f"last price in the store: no later date can be evaluated yet")
+    exit_date = max(d for d in (exit_date, stored) if d is not None)
+    return last, exit_date
+
+
+def check_split(con: duckdb.DuckDBPyConnection, checkpoint_id: str, start: date | str) -> str:
+    """Refuse (SplitError) a window starting on or before the last training reward's exit date; returns a note."""
+    start = _as_date(start)
+    last, exit_date = training_cutoff(con, checkpoint_id)
+    if last is None:
+        return f"{checkpoint_id} was trained on no replay groups"
+    if start <= exit_date:
+        raise SplitError(
+            f"checkpoint {checkpoint_id} was trained on decisions up to {last} whose rewards run until {exit_date}; "
+            f"an evaluation window starting {start} overlaps its training data. Evaluate from a date after {exit_date}.")
+    return f"{checkpoint_id} trained on decisions up to {last} (rewards exit {exit_date}); window starts {start}"
+
+
+# --- states and decisions -----------------------------------------------------------------------------------------
+
+def load_states(con: duckdb.DuckDBPyConnection, start, end, mode: str, style: str | None = None) -> pd.DataFrame:
+    """The states of the window, ordered; a clear error if there are none."""
+    df = con.execute(
+        "SELECT state_id, decision_date, mode, tickers, pair, action_format, horizon_days, history_days, "
+        "messages, features, placeholders FROM states "
+        "WHERE decision_date BETWEEN ? AND ? AND mode = ? AND (? IS NULL OR style = ?) "
+        "ORDER BY decision_date, pair, state_id",
+        [_as_date(start), _as_date(end), mode, style, style]).df()
+    if df.empty:
+        raise ValueError(f"no {mode} states{' of style ' + style if style else ''} between {start} and {end}: "
+                         f"build them first (hitchhiker states build)")
+    df["tickers"] = df["tickers"].map(list)
+    df["decision_date"] = pd.to_datetime(df["decision_date"]).dt.date
+    return df
+
+
+def greedy_decisions(policy, states: pd.DataFrame, batch_size: int = 64, max_new_tokens: int = 48) -> pd.DataFrame:
+    """The policy's deterministic (greedy) completion and parsed action for every state."""
+    import torch
+
+    tok = policy.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else policy.eos_token_ids[0]
+    out = []
+    for i in range(0, len(states), batch_size):
+        chunk = states.iloc[i:i + batch_size]
+        prompts = [policy.prompt_ids(json.loads(m)) for m in chunk["messages"]]
+        width = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=policy.device)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=policy.device)
+        with torch.no_grad():
+            gen = policy.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                        eos_token_id=policy.eos_token_ids, pad_token_id=pad)
+        for row, seq in zip(chunk.itertuples(), gen[:, width:].tolist()):
+            text = tok.decode(seq, skip_special_tokens=True)
+            parsed = contract.parse(text, row.mode, with_proportion=row.action_format == "proportion")
+            out.append({"state_id": row.state_id, "completion": text, "action": parsed.action if parsed.valid else None,
+                        "proportion": parsed.proportion, "position": parsed.position, "valid": parsed.valid,
+                        "advisory_text": parsed.advisory_text})
+    return pd.DataFrame(out)
+
+
+def _policy_frame(name: str, states: pd.DataFrame, decided: pd.DataFrame) -> pd.DataFrame:
+    decided = decided.copy()
+    for column in ("action", "proportion", "position", "completion", "advisory_text"):
+        if column not in decided:
+            decided[column] = None
+    d = states.merge(decided, on="state_id", how="left")
+    return pd.DataFrame({
+        "decision_id": [f"{name}:{s}" for s in d["state_id"]], "state_id": d["state_id"],
+        "decision_date": d["decision_date"], "mode": d["mode"], "pair": d["pair"],
+        "ticker_a": [t[0] for t in d["tickers"]], "ticker_b": [t[1] if len(t) > 1 else None for t in d["tickers"]],
+        "action": d["action"], "proportion": d["proportion"], "position": d["position"],
+        "valid": d["valid"].fillna(False).astype(bool), "history_days": d["history_days"],
+        "completion": d["completion"], "advisory_text": d["advisory_text"],
+    })
+
+
+def _load_candidate(con, candidate: str, config: EvalConfig):
+    """(subject kind, loaded Policy) of a checkpoint id, 'base' or 'base:<model>'."""
+    from hitchhiker.policy import PolicyConfig, load_policy
+
+    if candidate == "base" or candidate.startswith("base:"):
+        model = candidate[5:] if candidate.startswith("base:") and "@" not in candidate else config.model
+        return "base", load_policy(PolicyConfig(model=model, device=config.device))
+    # fetchall, not fetchone: DuckDB 2 keeps a half-read result open and refuses the next statement
+    rows = con.execute("SELECT path FROM checkpoints WHERE checkpoint_id = ?", [candidate]).fetchall()
+    row = rows[0] if rows else None
+    if row is None:
+        raise ValueError(f"checkpoint {candidate!r} is not in the checkpoints table")
+    return "checkpoint", load_policy(PolicyConfig(model=config.model, checkpoint=row[0], checkpoint_id=candidate,
+                                                  device=config.device))
+
+
+# --- rewards ------------------------------------------------------------------------------------------------------
+
+def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=None) -> tuple[pd.Series, str]:
+    """reward_usd of each decision row (index-aligned; NaN where not matured) and the spec's versioned name.
+
+    Runs the rewards stage's own sql/rewards.sql over the decisions (its `decisions` relation, with the variables
+    its `set_spec_variables` sets), so a baseline is paid by exactly the formula that pays the policy, invalid
+    completions included (their penalty is the spec's).
+    """
+    from hitchhiker import rewards
+
+    spec = spec or rewards.RewardSpec()
+    rel = decisions[baselines.DECISION_COLUMNS].copy()
+    rel["action"] = rel["action"].where(rel["valid"], None)
+    for column in ("proportion", "position"):
+        rel[column] = rel[column].astype("float64")
+    rel["valid"] = rel["valid"].astype(bool)
+    rel["history_days"] = rel["history_days"].astype("int64")
+    if rel["decision_id"].duplicated().any():
+        raise ValueError("decision ids must be unique within one pricing call")
+    rewards.set_spec_variables(con, spec)
+    con.register("decisions", rel)
+    try:
+        priced = con.execute(f"SELECT decision_id, reward_usd FROM ({db.sql_text('rewards')})").df()
+    finally:
+        con.unregister("decisions")
+    by_id = priced.set_index("decision_id")["reward_usd"]
+    return pd.Series(decisions["decision_id"].map(by_id).astype(float).to_numpy(), index=decisions.index), spec.reward_spec
+
+
+def _as_date(d) -> date:
+    if isinstance(d, datetime):
+        return d.date()
+    if isinstance(d, date):
+        return d
+    try:
+        return date.fromisoformat(str(d))
+    except ValueError:
+        raise ValueError(f"date {d!r} is not YYYY-MM-DD") from None
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),
+             spec=None, compare_with: tuple[str, ...] = (), policies: dict | None = None) -> EvalRun:
+    """Evaluate `candidate` (checkpoint id, 'base' or 'base:<model>') and the comparisons on one window; store it all.
+
+    compare_with: other checkpoints decided on the same states (the champion, for the gate). policies: by subject,
+    an already loaded Policy (decided greedily) or any deterministic function `states -> decisions` (columns state_id,
+    action, proportion, position, valid; e.g. the Beta head's mean position); absent subjects are loaded.
+    """
+    start, end = _as_date(start), _as_date(end)
+    if end < start:
+        raise ValueError(f"evaluation window ends ({end}) before it starts ({start})")
+    notes = [check_split(con, c, start) for c in (candidate, *compare_with) if not c.startswith("base")]
+    states = load_states(con, start, end, config.mode, config.style)
+    returns = baselines.past_returns(con, states)
+    policies = dict(policies or {})
+
+    models = []  # (subject name, kind, Policy)
+    for subject in (candidate, *compare_with):
+        kind, policy = ("base" if subject.startswith("base") else "checkpoint"), policies.get(subject)
+        if policy is None:
+            kind, policy = _load_candidate(con, subject, config)
+        name = policy.policy_version if kind == "base" and not callable(policy) else subject
+        models.append((name, kind, policy))
+    if config.include_base_model and not any(k == "base" for _, k, _ in models):
+        base = policies.get("base")
+        if base is None:
+            from hitchhiker.policy import PolicyConfig, load_policy
+
+            base = load_policy(PolicyConfig(model=config.model, device=config.device))
+        models.append((getattr(base, "policy_version", "base"), "base", base))
+    frames: dict[str, pd.DataFrame] = {}
+    kinds: dict[str, str] = {}
+    for name, kind, policy in models:
+        kinds[name] = kind
+        decided = policy(states) if callable(policy) else greedy_decisions(policy, states, config.batch_size, config.max_new_tokens)
+        frames[name] = _policy_frame(name, states, decided)
+    candidate_name = next(iter(frames))
+    names = config.baselines or (baselines.PAIRWISE_BASELINES if config.mode == contract.PAIRWISE
+                                 else baselines.ELEMENTWISE_BASELINES)
+    for b in names:
+        frames[f"baseline:{b}"] = baselines.decide(b, states, returns, seed=config.seed)
+        kinds[f"baseline:{b}"] = "baseline"
+
+    # Every decision priced by the same SQL in one call; for pairwise, both answers of every state too (accuracy).
+    everything = pd.concat([f.assign(subject=s) for s, f in frames.items()], ignore_index=True)
+    if config.mode == contract.PAIRWISE:
+        both = pd.concat([baselines.fixed_decisions(states, f"cf{side}", [side] * len(states), p, np.nan).assign(subject=f"cf{side}")
+                          for side, p in (("A", 1.0), ("B", 0.0))], ignore_index=True)
+        everything = pd.concat([everything, both], ignore_index=True)
+    everything["reward_usd"], spec_name = rewards_for(con, everything, spec)
+
+    cf = None
+    if config.mode == contract.PAIRWISE:
+        cf = everything[everything["subject"].isin(["cfA", "cfB"])].pivot(index="state_id", columns="subject", values="reward_usd")
+        everything = everything[~everything["subject"].isin(["cfA", "cfB"])]
+    # Decisions whose reward has not matured (exit price not in the store yet) cannot be scored.
+    unmatured = everything["reward_usd"].isna()
+    if unmatured.all():
+        raise ValueError(f"no decision between {start} and {end} has a matured reward yet (prices after the horizon missing)")
+    unscored = everything[unmatured].groupby("subject").size()
+    everything = everything[~unmatured]
+
+    universe = [t for (t,) in con.execute("SELECT DISTINCT ticker FROM prices").fetchall()]
+    state_by_id = states.set_index("state_id")
+    ret_by_id = returns.set_index("state_id")
+    run_id = _run_id(candidate_name, [s for s in frames if s != candidate_name], start, end, config, spec_name, states)
+    run = EvalRun(run_id, candidate_name, (str(start), str(end)), len(states), Path(), kinds=kinds,
+                  n_boot=config.n_boot, seed=config.seed)
+    results, rows, decision_rows = [], [], []
+    for subject, f in everything.groupby("subject", sort=False):
+        summary, g, daily, dec = _score(f, config, cf, state_by_id, ret_by_id, universe, kinds[subject] != "baseline")
+        summary["n_unscored"] = int(unscored.get(subject, 0))  # no exit price (yet): left out of every metric
+        run.summaries[subject], run.daily[subject] = summary, daily
+        results.append(report.SubjectResult(subject, summary, [str(d) for d in daily.index], daily["reward"].tolist(), g))
+        eval_id = hashlib.sha256(f"{run_id}:{subject}".encode()).hexdigest()[:24]
+        rows.append((eval_id, run_id, subject, kinds[subject], candidate_name, start, end, config.mode, spec_name,
+                     len(states), summary["accuracy"], summary["mean_reward_usd"], _finite(summary["sharpe"]),
+                     json.dumps(_clean(summary)), json.dumps(_clean(g))))
+        decision_rows.append(dec.assign(evaluation_id=eval_id))
+    order = [candidate_name] + [s for s in run.summaries if s != candidate_name]
+    results.sort(key=lambda r: order.index(r.subject))
+    run.results = results
+    run_dir = _reports_dir(con, config) / run_id[:16]
+    run.report_path = report.write_report(run_dir, report.ReportInput(
+        f"Evaluation of {candidate_name}", candidate_name, run.window, config.mode, spec_name, len(states), results,
+        split_note="; ".join(notes) or "untrained base model: no training dates to check",
+        training_rewards=training_rewards(con, candidate_name, spec_name) if kinds[candidate_name] == "checkpoint" else []))
+    _store(con, run_id, rows, pd.concat(decision_rows, ignore_index=True), run.report_path)
+    return run
+
+
+def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, universe, is_model: bool):
+    """(summary, grounding, daily frame, decisions to store) of one subject."""
+    pairwise = config.mode == contract.PAIRWISE and f["state_id"].notna().all()
+    picked = exposure_a = None
+    if pairwise:
+        prop = f["proportion"].astype(float).where(f["valid"], 0.5).to_numpy()
+        ra, rb = cf.loc[f["state_id"], "cfA"].to_numpy(), cf.loc[f["state_id"], "cfB"].to_numpy()
+        better_a = np.sign(ra - rb)  # +1: A was the better stock; costs are the same for both answers
+        chose_a = np.sign(prop - 0.5)
+        picked = np.where(chose_a == 0, 0.0, np.where(better_a == 0, 0.5, (chose_a == better_a).astype(float)))
+        picked = np.where(f["valid"], picked, 0.0)  # no answer is not a right answer
+        exposure_a = 2 * prop - 1
+        first_is_a = np.array([state_by_id.loc[s, "tickers"][0] == state_by_id.loc[s, "pair"].split("-")[0]
+                               for s in f["state_id"]])
+        exposure = np.where(first_is_a, exposure_a, -exposure_a)
+    else:
+        exposure = f["position"].astype(float).fillna(0.0).to_numpy()
+    summary = metrics.summarize(f["decision_date"].to_numpy(), f["reward_usd"].to_numpy(), f["valid"].to_numpy(),
+                                f["action"].where(f["valid"], None).tolist(), picked_better=picked,
+                                keys=f["pair"].to_numpy(), exposure=exposure, n_boot=config.n_boot, seed=config.seed)
+    daily = pd.DataFrame({"date": f["decision_date"].to_numpy(), "reward": f["reward_usd"].to_numpy(),
+                          "picked": picked if picked is not None else np.nan}).groupby("date").mean()
+    g = {}
+    if f["state_id"].notna().all():
+        r = ret_by_id.loc[f["state_id"]]
+        last = (r["last_return_a"] - r["last_return_b"]) if pairwise else r["last_return_a"]
+        g.update(extrapolation=grounding.extrapolation_bias(exposure_a if pairwise else exposure, last.to_numpy()))
+        g["agreement_rate"] = g["extrapolation"]["agreement_rate"]
+    claims = unsupported = None
+    if is_model:
+        checks = [grounding.check(t or "", _prompt_text(state_by_id.loc[s, "messages"]), state_by_id.loc[s, "features"], universe)
+                  for s, t in zip(f["state_id"], f["advisory_text"])]
+        claims, unsupported = [c.n_claims for c in checks], [c.n_unsupported for c in checks]
+        g.update(unsupported_rate=grounding.unsupported_rate(checks), n_claims=int(sum(claims)))
+    dec = pd.DataFrame({
+        "state_id": f["state_id"].to_numpy(), "decision_date": f["decision_date"].to_numpy(), "pair": f["pair"].to_numpy(),
+        "action": f["action"].where(f["valid"], None).to_numpy(), "proportion": f["proportion"].astype(float).to_numpy(),
+        "position": f["position"].astype(float).to_numpy(), "valid": f["valid"].astype(bool).to_numpy(),
+        "reward_usd": f["reward_usd"].to_numpy(), "picked_better": picked if picked is not None else np.nan,
+        "completion": f["completion"].to_numpy() if "completion" in f else None,
+        "claims": claims, "unsupported": unsupported,
+    })
+    dec["state_id"] = dec["state_id"].fillna(pd.Series([f"{d}:{p}" for d, p in zip(dec["decision_date"], dec["pair"])]))
+    return summary, g, daily, dec
+
+
+def _prompt_text(messages_json: str) -> str:
+    return "\n".join(m.get("content", "") for m in json.loads(messages_json))
+
+
+def _run_id(candidate, others, start, end, config, spec_name, states) -> str:
+    key = json.dumps([EVALUATOR_VERSION, candidate, sorted(others), str(start), str(end), config.mode, config.style,
+                      spec_name, config.n_boot, config.seed, sorted(states["state_id"])])
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _reports_dir(con, config: EvalConfig) -> Path:
+    if config.reports_dir:
+        return Path(config.reports_dir)
+    ((path,),) = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    if not path or path == ":memory:":
+        return Path(tempfile.gettempdir()) / "hitchhiker_reports"
+    p = Path(path)
+    return p.parent / f"{p.stem}_reports"
+
+
+def training_rewards(con, checkpoint_id: str, spec_name: str) -> list[tuple[int, float]]:
+    """(iteration, mean reward_usd of the groups it trained on) along the checkpoint's lineage, oldest first."""
+    try:
+        rows = con.execute(db.sql_text("evaluate/training_rewards"),
+                           {"checkpoint_id": checkpoint_id, "reward_spec": spec_name}).fetchall()
+    except duckdb.CatalogException:  # no rewards table: nothing to plot
+        return []
+    return [(i + 1, float(m)) for i, (_, _, m) in enumerate(rows) if m is not None]
+
+
+def _store(con, run_id: str, rows: list[tuple], decisions: pd.DataFrame, report_path: Path) -> None:
+    """Replace the run's rows in one transaction: re-running the same evaluation leaves one copy."""
+    now = datetime.now(timezone.utc)
+    con.register("new_decisions", decisions)
+    try:
+        with db.transaction(con):
+            con.execute("DELETE FROM evaluation_decisions WHERE evaluation_id IN "
+                        "(SELECT evaluation_id FROM evaluations WHERE run_id = ?)", [run_id])
+            con.execute("DELETE FROM evaluations WHERE run_id = ?", [run_id])
+            con.executemany("INSERT INTO evaluations (evaluation_id, run_id, subject, subject_kind, candidate, window_start, "
+                            "window_end, mode, reward_spec, n_states, accuracy, mean_reward_usd, sharpe, metrics, grounding, "
+                            "report_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [(*r, str(report_path), now) for r in rows])
+            con.execute("INSERT INTO evaluation_decisions BY NAME SELECT * FROM new_decisions")
+    finally:
+        con.unregister("new_decisions")
+
+
+def _finite(x):
+    return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else x
+
+
+def _clean(x):
+    """JSON-safe copy: numpy scalars to Python, NaN/inf to null (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, (date, datetime)):
+        return str(x)
+    return x
+
+
+# --- promotion gate -----------------------------------------------------------------------------------------------
+
+@dataclass
+class GateDecision:
+    candidate: str
+    champion_before: str | None
+    promoted: bool
+    difference: float
+    difference_ci: tuple[float, float]
+    reason: str
+
+
+def paired_difference(run: EvalRun, subject: str, other: str, metric: str = "mean_reward_usd") -> tuple[float, float, float]:
+    """(mean daily difference subject - other, 95 % block-bootstrap low, high) of one run's daily series.
+
+    metric: 'mean_reward_usd' (daily mean reward) or 'accuracy' (daily share of better picks). Both subjects decided
+    on the same states, so the days pair up; an interval above zero means `subject` beats `other` on this window.
+    """
+    if metric not in ("mean_reward_usd", "accuracy"):
+        raise ValueError(f"metric {metric!r} is not 'mean_reward_usd' or 'accuracy'")
+    column = "reward" if metric == "mean_reward_usd" else "picked"
+    both = run.daily[subject][[column]].merge(run.daily[other][[column]], left_index=True, right_index=True,
+                                              suffixes=("", "_other")).dropna()
+    if len(both) < 2:
+        raise ValueError(f"{subject} and {other} share {len(both)} scored dates: too few to compare")
+    a, b = both[column].to_numpy(), both[f"{column}_other"].to_numpy()
+    lo, hi = metrics.paired_difference_ci(a, b, n_boot=run.n_boot, seed=run.seed)
+    return float(np.mean(a - b)), lo, hi
+
+
+def champion(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The checkpoint the daily flow samples with: the latest promoted candidate, or None (use the base model)."""
+    try:
+        rows = con.execute("SELECT candidate FROM promotions WHERE promoted ORDER BY decided_at DESC LIMIT 1").fetchall()
+    except duckdb.CatalogException:  # store not migrated to 006 yet
+        return None
+    return rows[0][0] if rows else None
+
+
+def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),
+                   spec=None, policies: dict | None = None) -> tuple[EvalRun, GateDecision]:
+    """Evaluate `candidate` against the champion (or the base model when there is none) on the validation window;
+    promote it only if its lead in `config.gate_metric` is at least `config.gate_margin` and the block-bootstrap
+    interval of the paired daily difference excludes zero. Every decision is logged in `promotions`."""
+    if config.gate_metric not in ("mean_reward_usd", "accuracy"):
+        raise ValueError(f"gate metric {config.gate_metric!r} is not 'mean_reward_usd' or 'accuracy'")
+    current = champion(con)
+    if current == candidate:
+        raise ValueError(f"checkpoint {candidate} is already the champion")
+    run = evaluate(con, candidate, start, end, config, spec, compare_with=(current,) if current else (), policies=policies)
+    against = current or next(s for s, k in run.kinds.items() if k == "base")
+    difference, lo, hi = paired_difference(run, run.candidate, against, config.gate_metric)
+    promoted = difference >= config.gate_margin and lo > 0
+    reason = (f"{config.gate_metric} {difference:+.5f} vs {against} (95% CI [{lo:+.5f}, {hi:+.5f}], "
+              f"margin {config.gate_margin}): " + ("promoted" if promoted else
+                                                    "kept, not promoted: " + ("lead below the margin" if difference < config.gate_margin
+                                                                              else "interval includes zero")))
+    with db.transaction(con):
+        con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [datetime.now(timezone.utc), run.candidate, current, promoted, config.gate_metric, config.gate_margin,
+                     difference, lo, hi, run.run_id, reason])
+    with open(run.report_path, "a") as f:  # the report was written before the verdict existed
+        f.write(f"\n## Promotion gate\n\n{reason}\n")
+    return run, GateDecision(run.candidate, current, promoted, difference, (lo, hi), reason)

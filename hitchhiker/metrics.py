@@ -1,0 +1,244 @@
+"""Evaluation metrics, defined once: accuracy, reward, Sharpe, drawdown, turnover, action mix, and their uncertainty.
+
+Everything here is pure numpy over plain arrays so that each definition can be checked by hand. Conventions:
+- `reward_usd` is what $1 put to work on one decision earned over the horizon (the rewards stage's unit).
+- The daily strategy return of a date is the mean `reward_usd` of that date's decisions: $1 of capital split
+  equally over the day's decisions. Sharpe and drawdown are computed on that daily series.
+- Confidence intervals come from a circular block bootstrap over decision dates: decisions of one date share
+  the market, and nearby dates are autocorrelated, so resampling single decisions would be over-confident.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+TRADING_DAYS_PER_YEAR = 252
+
+
+def pairwise_accuracy(chosen_return: Sequence[float], other_return: Sequence[float]) -> float:
+    """Fraction of decisions whose chosen stock had the higher return; exact ties count as half right."""
+    c, o = np.asarray(chosen_return, float), np.asarray(other_return, float)
+    if c.size == 0:
+        return float("nan")
+    return float(np.mean(np.where(c > o, 1.0, np.where(c == o, 0.5, 0.0))))
+
+
+def mean_reward(reward_usd: Sequence[float]) -> float:
+    """Mean reward_usd per decision (USD per $1)."""
+    r = np.asarray(reward_usd, float)
+    return float(r.mean()) if r.size else float("nan")
+
+
+def daily_returns(decision_dates: Sequence, reward_usd: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique dates, mean reward_usd of each date's decisions): the strategy's daily return series."""
+    d = np.asarray(decision_dates)
+    r = np.asarray(reward_usd, float)
+    dates, inverse = np.unique(d, return_inverse=True)
+    sums = np.bincount(inverse, weights=r, minlength=len(dates))
+    counts = np.bincount(inverse, minlength=len(dates))
+    return dates, sums / counts
+
+
+def sharpe(daily: Sequence[float], periods_per_year: int = TRADING_DAYS_PER_YEAR) -> float:
+    """Annualized Sharpe ratio: mean / sample std (ddof=1) of daily returns x sqrt(252); NaN if undefined."""
+    x = np.asarray(daily, float)
+    if x.size < 2:
+        return float("nan")
+    sd = x.std(ddof=1)
+    if sd == 0:
+        return float("nan")
+    return float(x.mean() / sd * math.sqrt(periods_per_year))
+
+
+def equity_curve(daily: Sequence[float]) -> np.ndarray:
+    """Value of $1 compounded through the daily returns (one value per day, after that day)."""
+    return np.cumprod(1.0 + np.asarray(daily, float))
+
+
+def max_drawdown(daily: Sequence[float]) -> float:
+    """Largest fall of the equity curve from its running peak, as a positive fraction (the start, 1.0, is a peak)."""
+    eq = equity_curve(daily)
+    if eq.size == 0:
+        return 0.0
+    peak = np.maximum.accumulate(np.concatenate([[1.0], eq]))[1:]
+    return float(np.max(1.0 - eq / peak))
+
+
+def hit_rate(reward_usd: Sequence[float]) -> float:
+    """Fraction of decisions that made money (reward_usd > 0)."""
+    r = np.asarray(reward_usd, float)
+    return float(np.mean(r > 0)) if r.size else float("nan")
+
+
+def turnover(keys: Sequence, decision_dates: Sequence, exposure: Sequence[float]) -> float:
+    """Mean |change of exposure| between consecutive decisions on the same instrument (pair or ticker).
+
+    `exposure` must be expressed in a fixed orientation per key (e.g. +1 long the alphabetically first ticker of a
+    pair, -1 long the second), not in the prompt's randomized A/B order. 0 = never trades, 2 = flips every time.
+    """
+    k, d, e = np.asarray(keys), np.asarray(decision_dates), np.asarray(exposure, float)
+    if k.size == 0:
+        return float("nan")
+    order = np.lexsort((d, k))
+    k, e = k[order], e[order]
+    same = k[1:] == k[:-1]
+    if not same.any():
+        return 0.0
+    return float(np.abs(np.diff(e))[same].mean())
+
+
+def valid_rate(valid: Sequence[bool]) -> float:
+    """Fraction of completions that parsed into an action."""
+    v = np.asarray(valid, bool)
+    return float(v.mean()) if v.size else float("nan")
+
+
+@dataclass(frozen=True)
+class ActionDistribution:
+    fractions: dict[str, float]
+    collapsed: bool  # one answer takes at least `collapse_threshold` of the decisions
+    top_action: str | None
+
+
+def action_distribution(actions: Sequence, collapse_threshold: float = 0.95) -> ActionDistribution:
+    """Share of each action (None counts as 'invalid'); flags a policy that collapsed onto one answer."""
+    names = ["invalid" if a is None or (isinstance(a, float) and math.isnan(a)) else str(a) for a in actions]
+    if not names:
+        return ActionDistribution({}, False, None)
+    values, counts = np.unique(np.asarray(names), return_counts=True)
+    fractions = {str(v): float(c) / len(names) for v, c in zip(values, counts)}
+    top = max(fractions, key=fractions.get)
+    return ActionDistribution(fractions, fractions[top] >= collapse_threshold, top)
+
+
+# --- uncertainty -------------------------------------------------------------------------------------------------
+
+def default_block_length(n: int) -> int:
+    """n^(1/3), the usual rate for block bootstraps of means, at least 1."""
+    return max(1, int(round(n ** (1.0 / 3.0))))
+
+
+def block_bootstrap_indices(n: int, n_boot: int = 2000, block_length: int | None = None, seed: int = 0,
+                            circular: bool = True) -> np.ndarray:
+    """(n_boot, n) indices of circular (or moving) block bootstrap resamples of a series of length n."""
+    if n < 1:
+        raise ValueError("cannot bootstrap an empty series")
+    b = min(block_length or default_block_length(n), n)
+    rng = np.random.default_rng(seed)
+    n_blocks = -(-n // b)
+    last_start = n if circular else n - b + 1
+    starts = rng.integers(0, last_start, size=(n_boot, n_blocks))
+    idx = (starts[:, :, None] + np.arange(b)[None, None, :]).reshape(n_boot, n_blocks * b)[:, :n]
+    return idx % n
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 2000,
+                 block_length: int | None = None, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of `statistic` over block-bootstrap resamples.
+
+    `statistic(idx)` receives the (n_boot, n) index array and returns n_boot values (vectorized), so that one
+    set of resamples can serve several series (paired differences use the same indices for both).
+    """
+    idx = block_bootstrap_indices(n, n_boot, block_length, seed)
+    values = np.asarray(statistic(idx), float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _sharpe_rows(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sd > 0, x.mean(axis=1) / sd * math.sqrt(TRADING_DAYS_PER_YEAR), np.nan)
+
+
+def mean_ci(daily: Sequence[float], **kw) -> tuple[float, float]:
+    """Block-bootstrap CI of the mean of a daily series."""
+    x = np.asarray(daily, float)
+    return bootstrap_ci(lambda idx: x[idx].mean(axis=1), len(x), **kw)
+
+
+def sharpe_ci(daily: Sequence[float], **kw) -> tuple[float, float]:
+    """Block-bootstrap CI of the annualized Sharpe ratio of a daily series."""
+    x = np.asarray(daily, float)
+    return bootstrap_ci(lambda idx: _sharpe_rows(x[idx]), len(x), **kw)
+
+
+def ratio_ci(numerator_by_day: Sequence[float], denominator_by_day: Sequence[float], **kw) -> tuple[float, float]:
+    """CI of sum(numerator)/sum(denominator) resampling days: accuracy (correct/decisions) or mean reward per decision."""
+    num, den = np.asarray(numerator_by_day, float), np.asarray(denominator_by_day, float)
+    return bootstrap_ci(lambda idx: num[idx].sum(axis=1) / den[idx].sum(axis=1), len(num), **kw)
+
+
+def paired_difference_ci(a_daily: Sequence[float], b_daily: Sequence[float], **kw) -> tuple[float, float]:
+    """CI of mean(a - b) for two daily series on the same dates (same resampled days for both)."""
+    a, b = np.asarray(a_daily, float), np.asarray(b_daily, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired series differ in length: {a.shape} vs {b.shape}")
+    d = a - b
+    return bootstrap_ci(lambda idx: d[idx].mean(axis=1), len(d), **kw)
+
+
+def binomial_p_greater(successes: int, trials: int, p: float = 0.5) -> float:
+    """Exact one-sided binomial p-value P(X >= successes) for X ~ Bin(trials, p)."""
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes={successes} outside [0, trials={trials}]")
+    if successes == 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    logs = [math.lgamma(trials + 1) - math.lgamma(i + 1) - math.lgamma(trials - i + 1)
+            + i * math.log(p) + (trials - i) * math.log1p(-p) for i in range(successes, trials + 1)]
+    m = max(logs)
+    return float(min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs)))
+
+
+def summarize(decision_dates: Sequence, reward_usd: Sequence[float], valid: Sequence[bool], actions: Sequence,
+              picked_better: Sequence[float] | None = None, keys: Sequence | None = None,
+              exposure: Sequence[float] | None = None, n_boot: int = 2000, seed: int = 0,
+              block_length: int | None = None) -> dict:
+    """Every metric of one policy on one window, with block-bootstrap CIs over dates; JSON-ready.
+
+    picked_better: per decision 1 (chose the better stock), 0, or 0.5 (tie); None for elementwise.
+    """
+    dates = np.asarray(decision_dates)
+    r = np.asarray(reward_usd, float)
+    if r.size == 0:
+        raise ValueError("no decisions to summarize (empty evaluation window?)")
+    day, inverse = np.unique(dates, return_inverse=True)
+    n_day = np.bincount(inverse, minlength=len(day)).astype(float)
+    reward_day = np.bincount(inverse, weights=r, minlength=len(day))
+    daily = reward_day / n_day
+    kw = dict(n_boot=n_boot, seed=seed, block_length=block_length)
+    dist = action_distribution(actions)
+    out = {
+        "n_decisions": int(r.size),
+        "n_days": int(len(day)),
+        "mean_reward_usd": mean_reward(r),
+        "mean_reward_usd_ci": list(ratio_ci(reward_day, n_day, **kw)),
+        "sharpe": sharpe(daily),
+        "sharpe_ci": list(sharpe_ci(daily, **kw)),
+        "max_drawdown": max_drawdown(daily),
+        "total_return": float(equity_curve(daily)[-1] - 1.0),
+        "hit_rate": hit_rate(r),
+        "valid_rate": valid_rate(valid),
+        "action_fractions": dist.fractions,
+        "collapsed": dist.collapsed,
+        "turnover": turnover(keys, dates, exposure) if keys is not None and exposure is not None else None,
+        "accuracy": None, "accuracy_ci": None, "accuracy_p_value": None,
+    }
+    if picked_better is not None:
+        pb = np.asarray(picked_better, float)
+        correct_day = np.bincount(inverse, weights=pb, minlength=len(day))
+        out["accuracy"] = float(pb.mean())
+        out["accuracy_ci"] = list(ratio_ci(correct_day, n_day, **kw))
+        # Ties count half in accuracy; the exact test counts only strict wins against chance.
+        out["accuracy_p_value"] = binomial_p_greater(int(np.sum(pb == 1.0)), int(np.sum(pb != 0.5)) or 0)
+    return out

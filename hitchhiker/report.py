@@ -1,0 +1,159 @@
+"""The evaluation report: a markdown file and PNG plots in one run folder.
+
+Figures are built by functions that return them (so tests inspect axes, labels and legends before anything is
+written) and saved by `write_report`. matplotlib runs on the Agg backend: no display on servers or in CI.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+@dataclass
+class SubjectResult:
+    """What the report needs of one evaluated policy (checkpoint, base model or baseline)."""
+
+    subject: str
+    metrics: dict
+    dates: list  # decision dates of the daily series, sorted
+    daily_reward_usd: list[float]  # mean reward_usd of each date's decisions
+    grounding: dict = field(default_factory=dict)
+
+
+@dataclass
+class ReportInput:
+    title: str
+    candidate: str
+    window: tuple[str, str]
+    mode: str
+    reward_spec: str
+    n_states: int
+    results: list[SubjectResult]
+    split_note: str = ""  # what the walk-forward check found
+    training_rewards: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mean reward_usd)
+    gate_note: str = ""
+
+
+def equity_figure(results: list[SubjectResult]) -> Figure:
+    """Cumulative reward_usd of each subject over the window (candidate and baselines on one axis)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in results:
+        dates = np.asarray(r.dates, dtype="datetime64[D]")
+        ax.plot(dates, np.cumsum(r.daily_reward_usd), label=r.subject, linewidth=2 if not r.subject.startswith("baseline:") else 1)
+    ax.axhline(0.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("decision date")
+    ax.set_ylabel("cumulative reward (USD per $1 per day)")
+    ax.set_title("Cumulative reward vs baselines")
+    ax.legend(loc="best", fontsize="small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(training_rewards: list[tuple[int, float]], results: list[SubjectResult], candidate: str) -> Figure:
+    """Mean reward_usd of the training groups per iteration, with the candidate's and base's held-out reward."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if training_rewards:
+        it, rw = zip(*training_rewards)
+        ax.plot(it, rw, marker="o", label="training groups (sampled)")
+    for r in results:
+        if r.subject == candidate or r.subject.startswith("base:"):
+            ax.axhline(r.metrics["mean_reward_usd"], linestyle="--", linewidth=1,
+                       label=f"held-out: {r.subject}", color="C1" if r.subject == candidate else "C2")
+    if not training_rewards:
+        ax.text(0.5, 0.5, "no training iterations recorded", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlabel("training iteration (checkpoint lineage)")
+    ax.set_ylabel("mean reward (USD per $1 per decision)")
+    ax.set_title("Reward per training iteration")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def actions_figure(results: list[SubjectResult]) -> Figure:
+    """Share of each action per subject (a collapsed policy shows one bar near 1)."""
+    actions = sorted({a for r in results for a in r.metrics.get("action_fractions", {})})
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(results)), 4))
+    x = np.arange(len(results))
+    width = 0.8 / max(1, len(actions))
+    for i, a in enumerate(actions):
+        ax.bar(x + i * width, [r.metrics.get("action_fractions", {}).get(a, 0.0) for r in results], width, label=a)
+    ax.set_xticks(x + 0.4 - width / 2, [r.subject for r in results], rotation=30, ha="right", fontsize="small")
+    ax.set_xlabel("policy")
+    ax.set_ylabel("fraction of decisions")
+    ax.set_ylim(0, 1)
+    ax.set_title("Action distribution")
+    ax.legend(title="action", loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _with_ci(m: dict, key: str, digits: int = 4) -> str:
+    ci = m.get(f"{key}_ci")
+    if m.get(key) is None:
+        return "-"
+    return f"{_fmt(m[key], digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]" if ci else _fmt(m[key], digits)
+
+
+TABLE_COLUMNS = ["policy", "accuracy [95% CI]", "mean reward_usd [95% CI]", "Sharpe [95% CI]", "max drawdown",
+                 "hit rate", "turnover", "valid", "collapsed", "unsupported claims", "follows last return"]
+
+
+def table_rows(results: list[SubjectResult]) -> list[list[str]]:
+    """One row of formatted metrics per subject (shared by the markdown report and the terminal table)."""
+    rows = []
+    for r in results:
+        m, g = r.metrics, r.grounding
+        rows.append([r.subject, _with_ci(m, "accuracy", 3), _with_ci(m, "mean_reward_usd", 5), _with_ci(m, "sharpe", 2),
+                     _fmt(m.get("max_drawdown"), 3), _fmt(m.get("hit_rate"), 3), _fmt(m.get("turnover"), 3),
+                     _fmt(m.get("valid_rate"), 3), "yes" if m.get("collapsed") else "no",
+                     _fmt(g.get("unsupported_rate"), 3), _fmt(g.get("agreement_rate"), 3)])
+    return rows
+
+
+def write_report(run_dir: str | Path, data: ReportInput) -> Path:
+    """Write report.md and its PNGs into run_dir; returns the markdown path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "equity.png": equity_figure(data.results),
+        "training_reward.png": training_figure(data.training_rewards, data.results, data.candidate),
+        "actions.png": actions_figure(data.results),
+    }
+    for name, fig in figures.items():
+        fig.savefig(run_dir / name, dpi=100)
+        plt.close(fig)
+    lines = [
+        f"# {data.title}",
+        "",
+        f"- candidate: `{data.candidate}`",
+        f"- window: {data.window[0]} .. {data.window[1]} ({data.mode}, {data.n_states} states, reward spec `{data.reward_spec}`)",
+    ]
+    if data.split_note:
+        lines.append(f"- walk-forward split: {data.split_note}")
+    if data.gate_note:
+        lines.append(f"- promotion gate: {data.gate_note}")
+    lines += ["", "## Metrics", "", "Intervals: 95 % circular block bootstrap over decision dates.", "",
+              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(data.results)]
+    lines += ["", "## Plots", "",
+              "![Cumulative reward vs baselines](equity.png)", "",
+              "![Reward per training iteration](training_reward.png)", "",
+              "![Action distribution](actions.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

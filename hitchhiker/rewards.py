@@ -1,0 +1,206 @@
+"""Dollar-normalized rewards and group advantages, computed in SQL (sql/rewards.sql, sql/advantages.sql).
+
+A reward is what $1.00 put to work as a rollout decided earned over the horizon (`reward_usd`, USD per $1).
+It is written only once the exit price exists, under a versioned `reward_spec` name that encodes the formula
+version, every parameter and a hash of the SQL, so a changed formula yields new rows instead of rewriting old ones.
+The same SQL serves the replay buffer (`compute_rewards`) and a user's what-if CSV (`preview`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from hitchhiker import contract, db
+
+FORMULA_VERSION = "usd1"  # bump when the meaning of a parameter changes without the SQL text changing
+ENTRIES = ("next_open", "decision_close")
+PAIRWISE_STYLES = ("long_short", "allocation")
+PREVIEW_COLUMNS = ("decision_date", "mode", "ticker_a", "ticker_b", "action", "proportion")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """The reward's parameters; `reward_spec` is their versioned name (the key of every reward row)."""
+
+    horizon_days: int = 1  # sessions exposed: exit at the close of the horizon_days-th trading day after T
+    entry: str = "next_open"  # 'next_open' (first trading day after T) | 'decision_close' (T's close)
+    pairwise: str = "long_short"  # 'long_short': $1 long chosen, $1 short other | 'allocation': w in A, 1-w in B
+    cost_bps: float = 5.0  # per leg traded, basis points of the leg's dollars
+    risk_lambda: float = 0.0  # penalty lambda * |weight| * daily volatility over the state's history window
+    invalid_penalty_usd: float = 0.02  # an unparseable completion earns -this (a day's move is ~0.01-0.02 per $1)
+
+    def __post_init__(self):
+        if not isinstance(self.horizon_days, int) or isinstance(self.horizon_days, bool) or self.horizon_days < 1:
+            raise ValueError(f"horizon_days {self.horizon_days!r} must be an integer >= 1")
+        if self.entry not in ENTRIES:
+            raise ValueError(f"entry {self.entry!r} is not one of {ENTRIES}")
+        if self.pairwise not in PAIRWISE_STYLES:
+            raise ValueError(f"pairwise {self.pairwise!r} is not one of {PAIRWISE_STYLES}")
+        for name in ("cost_bps", "risk_lambda", "invalid_penalty_usd"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
+                raise ValueError(f"{name} {v!r} must be a finite number >= 0")
+
+    @property
+    def reward_spec(self) -> str:
+        """e.g. 'usd1:h=1,entry=next_open,pairwise=long_short,cost_bps=5,risk_lambda=0,invalid_penalty_usd=0.02,sql=1a2b3c4d'."""
+        params = ",".join(f"{k}={_number(v)}" for k, v in [
+            ("h", self.horizon_days), ("entry", self.entry), ("pairwise", self.pairwise), ("cost_bps", self.cost_bps),
+            ("risk_lambda", self.risk_lambda), ("invalid_penalty_usd", self.invalid_penalty_usd)])
+        return f"{FORMULA_VERSION}:{params},sql={sql_sha256()[:8]}"
+
+
+def _number(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)  # repr of a float: the shortest text that reads back the same number
+
+
+def sql_sha256() -> str:
+    """Hash of sql/rewards.sql with comments and blank space removed: edits to the formula change it, prose does not."""
+    text = re.sub(r"--[^\n]*", "", db.sql_text("rewards"))
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
+
+
+def set_spec_variables(con: duckdb.DuckDBPyConnection, spec: RewardSpec) -> None:
+    """Set the DuckDB variables sql/rewards.sql reads (reward_horizon_days, reward_entry, ...)."""
+    values = {
+        "reward_spec": spec.reward_spec,
+        "reward_horizon_days": spec.horizon_days,
+        "reward_entry": spec.entry,
+        "reward_pairwise": spec.pairwise,
+        "reward_cost_bps": float(spec.cost_bps),
+        "reward_risk_lambda": float(spec.risk_lambda),
+        "reward_invalid_penalty_usd": float(spec.invalid_penalty_usd),
+    }
+    for name, value in values.items():
+        con.execute(f"SET VARIABLE {name} = ?", [value])
+
+
+def ensure_advantages_view(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create the view `advantages` from sql/advantages.sql."""
+    con.execute(db.sql_text("advantages"))
+
+
+def _check_decisions(con: duckdb.DuckDBPyConnection, what: str) -> None:
+    bad = con.execute(db.sql_text("rewards/bad_decisions")).fetchall()
+    if bad:
+        rows = "; ".join(f"{r[0]} (mode={r[1]}, tickers={r[2]}/{r[3]}, action={r[4]!r}, proportion={r[5]}, position={r[6]})" for r in bad)
+        raise ValueError(f"{what}: decisions that cannot be priced (first {len(bad)}): {rows}")
+
+
+def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpec()) -> dict:
+    """Reward every matured rollout of `replay` that has no row under `spec` yet; idempotent, one transaction.
+
+    Returns counts: pending (rollouts without a reward before the run), inserted, waiting (pending, not matured),
+    total (rows under this spec after the run), plus reward_spec and computed_at (the run's stamp on its rows).
+    """
+    computed_at = datetime.now(timezone.utc)
+    with db.transaction(con):
+        set_spec_variables(con, spec)
+        con.execute("SET VARIABLE reward_computed_at = ?::TIMESTAMPTZ", [computed_at])
+        con.execute("INSERT INTO reward_specs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [spec.reward_spec, json.dumps(asdict(spec)), sql_sha256(), computed_at])
+        # Materialized once: the replay view may scan many Parquet files, and three statements read it.
+        con.execute("CREATE OR REPLACE TEMP TABLE decisions AS " + db.sql_text("rewards/pending"))
+        pending = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        _check_decisions(con, "replay")
+        con.execute("CREATE OR REPLACE TEMP VIEW reward_rows AS " + db.sql_text("rewards"))
+        inserted = con.execute(db.sql_text("rewards/insert")).fetchone()[0] if pending else 0
+        total = con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchone()[0]
+        con.execute("DROP VIEW reward_rows")
+        con.execute("DROP TABLE decisions")
+        ensure_advantages_view(con)
+    return {"reward_spec": spec.reward_spec, "pending": pending, "inserted": inserted, "waiting": pending - inserted,
+            "total": total, "computed_at": computed_at.isoformat()}
+
+
+def summary_by_date(con: duckdb.DuckDBPyConnection, reward_spec: str, computed_at: str | None = None) -> list[dict]:
+    """Per decision date: matured count, mean/std reward_usd and invalid rate (of one run's rows, given its stamp)."""
+    rows = con.execute(db.sql_text("rewards/summary_by_date"),
+                       {"reward_spec": reward_spec, "computed_at": computed_at}).fetchall()
+    keys = ("decision_date", "matured", "mean_reward_usd", "std_reward_usd", "invalid_rate")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSpec = RewardSpec(),
+            history_days: int = 20) -> pd.DataFrame:
+    """What-if rewards for the decisions in a CSV (`decision_date,mode,ticker_a,ticker_b,action,proportion`).
+
+    Returns those columns plus entry_date, exit_date, reward_usd and flags, in the file's order; a decision
+    whose exit price does not exist yet has them empty. An empty action stands for an invalid completion.
+    `history_days` is the volatility window of the risk penalty (a `history_days` column overrides it per row).
+    """
+    decisions = _read_actions(Path(csv_path), history_days)
+    known = {t for (t,) in con.execute("SELECT DISTINCT ticker FROM prices").fetchall()}
+    unknown = sorted((set(decisions["ticker_a"]) | set(decisions["ticker_b"].dropna())) - known)
+    if unknown:
+        raise ValueError(f"{csv_path}: tickers with no prices in the store: {', '.join(unknown[:10])}")
+    set_spec_variables(con, spec)
+    con.register("decisions", decisions)
+    try:
+        _check_decisions(con, str(csv_path))
+        out = con.execute(
+            "SELECT d.decision_date, d.mode, d.ticker_a, d.ticker_b, d.action_text AS action, d.proportion, "
+            "r.entry_date, r.exit_date, r.reward_usd, r.flags "
+            f"FROM decisions AS d LEFT JOIN ({db.sql_text('rewards')}) AS r USING (decision_id) "
+            "ORDER BY d.decision_id"
+        ).df()
+    finally:
+        con.unregister("decisions")
+    return out
+
+
+def _read_actions(path: Path, history_days: int) -> pd.DataFrame:
+    """The CSV as a `decisions` relation; a malformed row is an error naming the file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"actions file {path} not found")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    missing = [c for c in ("decision_date", "mode", "ticker_a", "action") if c not in raw.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(PREVIEW_COLUMNS)}")
+    rows = []
+    for i, r in enumerate(raw.to_dict("records")):
+        line = i + 2  # the header is line 1
+        where = f"{path}: line {line}"
+        try:
+            day = date.fromisoformat(r["decision_date"].strip())
+        except ValueError:
+            raise ValueError(f"{where}: decision_date {r['decision_date']!r} is not YYYY-MM-DD") from None
+        mode = r["mode"].strip().lower()
+        if mode not in contract.MODES:
+            raise ValueError(f"{where}: mode {r['mode']!r} is not one of {contract.MODES}")
+        ticker_a = r["ticker_a"].strip().upper()
+        ticker_b = (r.get("ticker_b") or "").strip().upper() or None
+        if not ticker_a:
+            raise ValueError(f"{where}: ticker_a is empty")
+        if (mode == contract.PAIRWISE) != (ticker_b is not None):
+            raise ValueError(f"{where}: {mode} needs {'a' if mode == contract.PAIRWISE else 'no'} ticker_b")
+        action = r["action"].strip()
+        proportion_text = (r.get("proportion") or "").strip()
+        hd = (r.get("history_days") or "").strip()
+        if hd and not hd.isdigit():
+            raise ValueError(f"{where}: history_days {hd!r} is not a positive integer")
+        row = {"decision_id": i, "decision_date": day, "mode": mode, "ticker_a": ticker_a, "ticker_b": ticker_b,
+               "action_text": action, "proportion_text": proportion_text, "action": None, "proportion": None, "position": None, "valid": False,
+               "history_days": int(hd) if hd else history_days}
+        if action:  # parsed by the same contract as model output, so both accept exactly the same actions
+            parsed = contract.parse(f"ACTION: {action} {proportion_text}".strip(), mode, with_proportion=bool(proportion_text))
+            if not parsed.valid:
+                raise ValueError(f"{where}: action {action!r} (proportion {proportion_text!r}): {parsed.invalid_reason}")
+            row.update(action=parsed.action, proportion=parsed.proportion, position=parsed.position, valid=True)
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no decisions")
+    df = pd.DataFrame(rows)
+    df["decision_date"] = pd.to_datetime(df["decision_date"]).dt.date
+    for c in ("proportion", "position"):
+        df[c] = df[c].astype("float64")
+    return df

@@ -1,0 +1,268 @@
+"""Group sampling into the replay buffer: B completions per state, with the behaviour log-probabilities.
+
+For each state the prompt is encoded once (one prefill row per group), its KV cache is repeated to the group's B
+rows, and many groups decode together in one batch. Each sample has its own temperature (drawn from
+[t - eps, t + eps]); every sampled token's log-probability is stored under exactly the distribution it was drawn
+from, log_softmax(logits / temperature) — GRPO's pi_old, computed the way TRL recomputes it for the new policy.
+
+top_p: with the default 1.0 the stored log-probabilities are exactly the sampling distribution. With top_p < 1
+the token is drawn from the renormalized nucleus, but the stored log-probability is still the full
+temperature-scaled one (what the trainer recomputes); the importance ratio then ignores the truncation, which
+is the usual approximation (TRL/vLLM do the same) and is small when little mass lies outside the nucleus.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+import torch
+
+from hitchhiker import contract, replay
+
+
+@dataclass
+class SamplingConfig:
+    """How groups are sampled. Defaults run on CPU with the default small model."""
+
+    group_size: int = 8
+    temperature: float = 0.7
+    temperature_eps: float = 0.1  # each sample's temperature is uniform in [temperature - eps, temperature + eps]
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    seed: int = 0
+    groups_per_batch: int = 16
+    backend: str = "hf"  # 'hf' (this module) or 'vllm' (hitchhiker.vllm_backend, GPU only)
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1 or self.max_new_tokens < 1 or self.groups_per_batch < 1:
+            raise ValueError(f"group_size, max_new_tokens and groups_per_batch must be >= 1: {self}")
+        if not 0 < self.temperature - self.temperature_eps or self.temperature_eps < 0:
+            raise ValueError(f"temperatures must stay positive: temperature={self.temperature}, eps={self.temperature_eps}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"backend {self.backend!r} is not 'hf' or 'vllm'")
+
+
+@dataclass
+class State:
+    """The parts of a `states` row that sampling needs."""
+
+    state_id: str
+    decision_date: date
+    mode: str
+    pair: str
+    action_format: str
+    messages: list[dict]
+
+
+def group_id(state_id: str, policy_version: str) -> str:
+    """One group per (state, policy_version): the file name that makes writes idempotent."""
+    return hashlib.sha256(f"{state_id}\x1f{policy_version}".encode()).hexdigest()[:32]
+
+
+def select_state_ids(con: duckdb.DuckDBPyConnection, start: date | str, end: date | str, mode: str | None = None) -> list[str]:
+    """State ids with decision_date in [start, end] (optionally one mode), in date order."""
+    rows = con.execute(
+        "SELECT state_id FROM states WHERE decision_date BETWEEN ? AND ? AND (? IS NULL OR mode = ?) "
+        "ORDER BY decision_date, pair, state_id",
+        [str(start), str(end), mode, mode],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[State]:
+    """The states to sample, in the order given; an unknown id is an error naming it."""
+    if not state_ids:
+        return []
+    rows = con.execute(
+        "SELECT state_id, decision_date, mode, pair, action_format, messages FROM states WHERE list_contains(?, state_id)",
+        [list(state_ids)],
+    ).fetchall()
+    by_id = {r[0]: State(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows}
+    missing = [s for s in state_ids if s not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} state_id(s) not in the states table, e.g. {missing[:3]}")
+    return [by_id[s] for s in state_ids]
+
+
+def generate(con, policy, state_ids: list[str], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Sample every state that has no group yet for this policy_version, write the groups, point the view at root."""
+    summary = sample_states(policy, load_states(con, state_ids), config, root, progress)
+    replay.ensure_view(con, root)
+    return summary
+
+
+def sample_states(policy, states: list[State], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Sample and write the groups of `states` missing under root (no database needed: workers can run this)."""
+    root = Path(root)
+    todo = [s for s in states if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))]
+    sampler = _vllm_sampler(policy) if config.backend == "vllm" else sample_token_groups
+    started = time.perf_counter()
+    actions, n_valid, n_rows, n_tokens, written = Counter(), 0, 0, 0, 0
+    for i in range(0, len(todo), config.groups_per_batch):
+        batch = todo[i : i + config.groups_per_batch]
+        gids = [group_id(s.state_id, policy.policy_version) for s in batch]
+        prompts = [policy.prompt_ids(s.messages) for s in batch]
+        generators = [_generator(config.seed, g, policy.device) for g in gids]
+        temperatures = torch.stack([
+            config.temperature - config.temperature_eps
+            + 2 * config.temperature_eps * torch.rand(config.group_size, generator=g, device=g.device).double().cpu()
+            for g in generators
+        ])
+        samples = sampler(policy, prompts, temperatures, generators, config)
+        now = datetime.now(timezone.utc)
+        for state, gid, prompt, temps, group in zip(batch, gids, prompts, temperatures.tolist(), samples):
+            rows = [_row(policy, state, gid, prompt, k, t, config.top_p, ids, lps, now) for k, (t, (ids, lps)) in enumerate(zip(temps, group))]
+            if replay.write_group(root, state.decision_date, state.pair, gid, rows) is not None:
+                written += 1
+            for r in rows:
+                n_rows += 1
+                n_valid += r["valid"]
+                actions[r["action"] if r["valid"] else "invalid"] += 1
+                n_tokens += len(r["completion_ids"])
+        if progress:
+            progress(min(i + len(batch), len(todo)), len(todo))
+    seconds = time.perf_counter() - started
+    return {
+        "states": len(states),
+        "groups_written": written,
+        "groups_skipped": len(states) - len(todo),
+        "rollouts": n_rows,
+        "valid_rate": n_valid / n_rows if n_rows else None,
+        "actions": dict(actions),
+        "completion_tokens": n_tokens,
+        "seconds": seconds,
+        "tokens_per_s": n_tokens / seconds if seconds > 0 and n_tokens else 0.0,
+        "policy_version": policy.policy_version,
+        "root": str(root),
+    }
+
+
+def _row(policy, state: State, gid: str, prompt: list[int], k: int, temperature: float, top_p: float,
+         ids: list[int], logprobs: list[float], now: datetime) -> dict:
+    text = policy.tokenizer.decode(ids, skip_special_tokens=True)
+    parsed = contract.parse(text, state.mode, with_proportion=state.action_format == "proportion")
+    return {
+        "rollout_id": f"{gid}-{k}",
+        "state_id": state.state_id,
+        "group_id": gid,
+        "mode": state.mode,
+        "policy_version": policy.policy_version,
+        "sample_index": k,
+        "temperature": temperature,
+        "top_p": top_p,
+        "prompt_ids": prompt,
+        "completion": text,
+        "completion_ids": ids,
+        "token_logprobs": logprobs,
+        "logprob_sum": float(sum(logprobs)),
+        "action": parsed.action,
+        "proportion": parsed.proportion,
+        "position": parsed.position,
+        "advisory_text": parsed.advisory_text,
+        "valid": parsed.valid,
+        "invalid_reason": parsed.invalid_reason,
+        "created_at": now,
+    }
+
+
+def _generator(seed: int, gid: str, device: torch.device) -> torch.Generator:
+    """A generator per group, so a group's samples do not depend on which other groups share its batch."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(hashlib.sha256(f"{seed}:{gid}".encode()).hexdigest()[:15], 16))
+    return g
+
+
+@torch.no_grad()
+def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Tensor, generators: list[torch.Generator],
+                        config: SamplingConfig) -> list[list[tuple[list[int], list[float]]]]:
+    """For each prompt, len(temperatures[g]) completions: [(token ids, per-token log-probs)] per group.
+
+    A hand-written decode loop, because HF `generate` applies one temperature to the whole call and we need one per
+    row; it also gives us the exact log-softmax of each sampled token without a second pass.
+    """
+    from transformers import DynamicCache
+
+    model, device = policy.model, policy.device
+    pad = policy.tokenizer.pad_token_id
+    eos = torch.tensor(policy.eos_token_ids, device=device)
+    n_groups, group_size = temperatures.shape
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((n_groups, width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((n_groups, width), dtype=torch.long, device=device)
+    for g, p in enumerate(prompts):  # left padding: every prompt ends at the same column
+        input_ids[g, width - len(p):] = torch.tensor(p, device=device)
+        mask[g, width - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(group_size)  # prefill once per group, then B rows share its keys and values
+    logits = out.logits[:, -1, :].float().repeat_interleave(group_size, 0)
+    mask = mask.repeat_interleave(group_size, 0)
+    next_position = positions[:, -1:].repeat_interleave(group_size, 0) + 1
+    temps = temperatures.to(device=device, dtype=torch.float32).reshape(-1, 1)
+    rows = n_groups * group_size
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    tokens, logprobs = [], []
+    for _ in range(config.max_new_tokens):
+        scaled = logits / temps
+        logp = torch.log_softmax(scaled, dim=-1)
+        noise = torch.cat([_gumbel((group_size, scaled.shape[-1]), g) for g in generators])
+        # Gumbel-max: argmax(log p + Gumbel) is an exact draw from softmax(scaled), with per-group generators.
+        token = torch.argmax(_nucleus(logp, config.top_p) + noise, dim=-1)
+        token = torch.where(done, pad, token)
+        tokens.append(token)
+        logprobs.append(torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1)))
+        done = done | torch.isin(token, eos)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache, use_cache=True)
+        next_position = next_position + 1
+        logits = out.logits[:, -1, :].float()
+    token_matrix = torch.stack(tokens, 1).tolist()
+    logprob_matrix = torch.stack(logprobs, 1).double().tolist()
+    eos_set = set(policy.eos_token_ids)
+    results = []
+    for g in range(n_groups):
+        group = []
+        for r in range(g * group_size, (g + 1) * group_size):
+            ids, lps = [], []
+            for t, lp in zip(token_matrix[r], logprob_matrix[r]):
+                ids.append(t)
+                lps.append(lp)
+                if t in eos_set:
+                    break
+            group.append((ids, lps))
+        results.append(group)
+    return results
+
+
+def _gumbel(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=generator.device)
+    return -torch.log(-torch.log(u.clamp(min=1e-20, max=1 - 1e-7)))
+
+
+def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Log-probs with the tokens outside the top-p nucleus set to -inf (unchanged for top_p = 1)."""
+    if top_p >= 1.0:
+        return logp
+    sorted_logp, order = torch.sort(logp, descending=True, dim=-1)
+    before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()  # mass strictly above each token
+    drop = torch.zeros_like(logp, dtype=torch.bool).scatter(1, order, before >= top_p)
+    return logp.masked_fill(drop, float("-inf"))
+
+
+def _vllm_sampler(policy):
+    from hitchhiker.vllm_backend import VLLMSampler
+
+    return VLLMSampler(policy)

@@ -1,0 +1,34 @@
+-- Group-relative advantages for GRPO, one row per reward: a group is the rollouts of one state sampled by one
+-- policy version (replay.group_id), scored under one reward spec. Join to `replay` on rollout_id.
+--   advantage         = (reward - group mean) / (group std + 1e-4)   GRPO; std with Bessel's correction and the
+--                       1e-4 of TRL's GRPOTrainer (trl/trainer/grpo_trainer.py), so both give the same numbers
+--   advantage_drgrpo  = reward - group mean                          Dr. GRPO (no std scaling), USD per $1
+--   zero_variance     = every reward of the group is equal: no learning signal (also true for a group of one)
+CREATE OR REPLACE VIEW advantages AS
+SELECT
+    r.rollout_id,
+    r.group_id,
+    r.state_id,
+    r.policy_version,
+    r.reward_spec,
+    r.decision_date,
+    r.reward_usd,
+    (r.reward_usd - g.group_mean_usd) / (g.group_std_usd + 1e-4) AS advantage,
+    r.reward_usd - g.group_mean_usd AS advantage_drgrpo,
+    g.group_size,
+    g.zero_variance,
+    g.group_mean_usd,
+    g.group_std_usd
+FROM rewards AS r
+JOIN (
+    SELECT
+        state_id,
+        policy_version,
+        reward_spec,
+        avg(reward_usd) AS group_mean_usd,
+        coalesce(stddev_samp(reward_usd), 0.0) AS group_std_usd,
+        count(*) AS group_size,
+        min(reward_usd) = max(reward_usd) AS zero_variance
+    FROM rewards
+    GROUP BY state_id, policy_version, reward_spec
+) AS g USING (state_id, policy_version, reward_spec);

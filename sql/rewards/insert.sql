@@ -1,0 +1,28 @@
+-- Store the rewards of matured pending decisions (the temp view `reward_rows` is sql/rewards.sql over
+-- sql/rewards/pending.sql, which already leaves out every rollout rewarded under this spec: the anti-join makes a
+-- re-run change nothing). No ON CONFLICT clause: it costs ~40 % of the insert, and the primary key still refuses
+-- a duplicate loudly should two writers ever race.
+INSERT INTO rewards BY NAME
+SELECT
+    decision_id                         AS rollout_id,
+    getvariable('reward_spec')          AS reward_spec,
+    state_id,
+    group_id,
+    policy_version,
+    decision_date,
+    mode,
+    valid,
+    ticker_a,
+    ticker_b,
+    entry_date,
+    exit_date,
+    weight_a,
+    weight_b,
+    return_a,
+    return_b,
+    cost_usd,
+    risk_usd,
+    reward_usd,
+    flags,
+    getvariable('reward_computed_at')   AS computed_at
+FROM reward_rows

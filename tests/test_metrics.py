@@ -1,0 +1,142 @@
+"""Metric definitions on small hand-computed cases, and bootstrap coverage on a known distribution."""
+import math
+
+import numpy as np
+import pytest
+
+from hitchhiker import metrics
+
+
+def test_sharpe_by_hand():
+    daily = [0.01, -0.01, 0.02, 0.0]
+    mean = 0.005
+    sd = math.sqrt(((0.005) ** 2 + (0.015) ** 2 + (0.015) ** 2 + (0.005) ** 2) / 3)  # ddof = 1
+    assert metrics.sharpe(daily) == pytest.approx(mean / sd * math.sqrt(252), rel=1e-12)
+    assert math.isnan(metrics.sharpe([0.01, 0.01]))  # zero volatility: undefined, not infinite
+    assert math.isnan(metrics.sharpe([0.01]))
+
+
+def test_max_drawdown_by_hand():
+    # equity 1.1, 0.55, 0.66: peak 1.1, trough 0.55 -> 50 %
+    assert metrics.max_drawdown([0.1, -0.5, 0.2]) == pytest.approx(0.5, rel=1e-12)
+    # a loss on day one is measured from the starting dollar
+    assert metrics.max_drawdown([-0.2, 0.1]) == pytest.approx(0.2, rel=1e-12)
+    assert metrics.max_drawdown([0.01, 0.02]) == 0.0
+    # two drawdowns, the second deeper: 1.2 -> 0.96 (20 %), then 1.44 -> 0.864 (40 %)
+    assert metrics.max_drawdown([0.2, -0.2, 0.5, -0.4]) == pytest.approx(0.4, rel=1e-12)
+
+
+def test_accuracy_hit_rate_valid_rate_turnover():
+    assert metrics.pairwise_accuracy([0.02, -0.01, 0.0, 0.03], [0.01, 0.01, 0.0, 0.05]) == pytest.approx(1.5 / 4)
+    assert metrics.hit_rate([0.1, -0.1, 0.0, 0.2]) == 0.5
+    assert metrics.valid_rate([True, False, True, True]) == 0.75
+    # pair X: +1, +1, -1 (one flip = 2); pair Y: -1, +1 (flip = 2); 3 consecutive steps, sum |diff| = 0 + 2 + 2
+    keys = ["X", "X", "X", "Y", "Y"]
+    dates = ["2016-01-04", "2016-01-05", "2016-01-06", "2016-01-04", "2016-01-05"]
+    assert metrics.turnover(keys, dates, [1, 1, -1, -1, 1]) == pytest.approx(4 / 3)
+    # order of rows does not matter, dates do
+    assert metrics.turnover(keys[::-1], dates[::-1], [1, -1, -1, 1, 1]) == pytest.approx(4 / 3)
+
+
+def test_daily_returns_average_within_a_date():
+    dates, daily = metrics.daily_returns(["d2", "d1", "d2"], [0.03, 0.01, -0.01])
+    assert list(dates) == ["d1", "d2"] and np.allclose(daily, [0.01, 0.01])
+
+
+def test_action_distribution_flags_collapse():
+    d = metrics.action_distribution(["A"] * 96 + ["B"] * 4)
+    assert d.collapsed and d.top_action == "A" and d.fractions == {"A": 0.96, "B": 0.04}
+    d = metrics.action_distribution(["A", "B", None, "B"])
+    assert not d.collapsed and d.fractions["invalid"] == 0.25
+
+
+def test_binomial_test_exact_values():
+    # P(X >= 9 | n=10, p=.5) = (10 + 1) / 1024
+    assert metrics.binomial_p_greater(9, 10) == pytest.approx(11 / 1024, rel=1e-12)
+    assert metrics.binomial_p_greater(0, 10) == 1.0
+    assert metrics.binomial_p_greater(160, 200) < 1e-15
+    with pytest.raises(ValueError):
+        metrics.binomial_p_greater(11, 10)
+
+
+def test_block_bootstrap_indices_are_blocks():
+    idx = metrics.block_bootstrap_indices(10, n_boot=5, block_length=3, seed=1)
+    assert idx.shape == (5, 10) and idx.min() >= 0 and idx.max() < 10
+    # within a block, indices advance by one (mod n): positions 0-1, 1-2 are inside the first block
+    assert np.all((idx[:, 1] - idx[:, 0]) % 10 == 1) and np.all((idx[:, 2] - idx[:, 1]) % 10 == 1)
+    assert np.array_equal(idx, metrics.block_bootstrap_indices(10, n_boot=5, block_length=3, seed=1))
+
+
+def test_bootstrap_coverage_on_a_known_distribution():
+    """The 95 % interval of the mean covers the true mean about 95 % of the time (iid normal, known mean)."""
+    rng = np.random.default_rng(7)
+    true_mean, hits, reps = 0.001, 0, 300
+    for rep in range(reps):
+        x = rng.normal(true_mean, 0.01, size=250)
+        lo, hi = metrics.mean_ci(x, n_boot=400, seed=rep)
+        hits += lo <= true_mean <= hi
+    coverage = hits / reps
+    assert 0.89 <= coverage <= 0.99, coverage
+
+
+def test_block_bootstrap_keeps_coverage_under_autocorrelation():
+    """AR(1) daily returns: blocks keep coverage near nominal; resampling single days (block 1) falls short."""
+    rng = np.random.default_rng(11)
+    phi, reps, n = 0.6, 200, 300
+    hits_block = hits_iid = 0
+    for rep in range(reps):
+        e = rng.normal(0, 1, size=n + 50)
+        x = np.empty_like(e)
+        x[0] = e[0]
+        for t in range(1, len(e)):
+            x[t] = phi * x[t - 1] + e[t]
+        x = x[50:]  # true mean 0
+        lo, hi = metrics.mean_ci(x, n_boot=300, seed=rep, block_length=15)
+        hits_block += lo <= 0 <= hi
+        lo, hi = metrics.mean_ci(x, n_boot=300, seed=rep, block_length=1)
+        hits_iid += lo <= 0 <= hi
+    assert hits_block / reps >= 0.85
+    assert hits_iid / reps < hits_block / reps - 0.1
+
+
+def test_sharpe_ci_covers_the_true_sharpe():
+    rng = np.random.default_rng(3)
+    mu, sd = 0.001, 0.01
+    true = mu / sd * math.sqrt(252)
+    hits, reps = 0, 150
+    for rep in range(reps):
+        lo, hi = metrics.sharpe_ci(rng.normal(mu, sd, size=500), n_boot=300, seed=rep)
+        hits += lo <= true <= hi
+    assert 0.87 <= hits / reps <= 0.99
+
+
+def test_paired_difference_ci_excludes_zero_only_for_a_real_edge():
+    rng = np.random.default_rng(5)
+    market = rng.normal(0, 0.01, size=300)
+    better = market + 0.002 + rng.normal(0, 0.001, size=300)
+    lo, hi = metrics.paired_difference_ci(better, market, seed=0)
+    assert lo > 0
+    same = market + rng.normal(0, 0.001, size=300)
+    lo, hi = metrics.paired_difference_ci(same, market, seed=0)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError):
+        metrics.paired_difference_ci([1.0, 2.0], [1.0])
+
+
+def test_summarize_is_consistent_with_the_parts():
+    dates = ["d1", "d1", "d2", "d3", "d3", "d4"]
+    rewards = [0.01, -0.02, 0.03, 0.0, 0.02, -0.01]
+    s = metrics.summarize(dates, rewards, [True] * 5 + [False], ["A", "B", "A", "A", "B", None],
+                          picked_better=[1, 0, 1, 0.5, 1, 0], n_boot=200)
+    _, daily = metrics.daily_returns(dates, rewards)
+    assert s["n_decisions"] == 6 and s["n_days"] == 4
+    assert s["mean_reward_usd"] == pytest.approx(np.mean(rewards))
+    assert s["sharpe"] == pytest.approx(metrics.sharpe(daily))
+    assert s["max_drawdown"] == pytest.approx(metrics.max_drawdown(daily))
+    assert s["accuracy"] == pytest.approx(3.5 / 6)
+    assert s["accuracy_p_value"] == pytest.approx(metrics.binomial_p_greater(3, 5))
+    assert s["valid_rate"] == pytest.approx(5 / 6)
+    lo, hi = s["mean_reward_usd_ci"]
+    assert lo <= s["mean_reward_usd"] <= hi
+    with pytest.raises(ValueError):
+        metrics.summarize([], [], [], [])

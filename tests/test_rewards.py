@@ -1,0 +1,366 @@
+"""Rewards in SQL against a pure-Python reference on real prices; maturity, idempotence, advantages, preview."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import statistics
+import subprocess
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from hitchhiker import db, rewards
+
+CSV_TICKERS = ["O", "DHR", "ES", "ICE", "BMY", "AAPL", "BHF", "WRK", "REGN", "VRTX", "FTV", "UA"]
+YAHOO_FILES = ["chart-AAPL-2020-08-31-to-2020-11-07.json",
+               "historical-via-chart-MSFT-dividends-2021-02-01-to-2022-01-31.csv.json",
+               "historical-via-chart-NVDA-split-2021-02-01-to-2022-01-31.csv.json"]
+# (tickers, decision dates): gaps of 10 days on O/DHR/ES (March 2015), missing opens (2015-07-17, 2016-01-12, ...),
+# holidays (Christmas, New Year, Thanksgiving, July 4th), real adj_close with dividends and a split (Yahoo), and the
+# end of the data (unmatured).
+MARKETS = [
+    (("O", "AAPL"), ("2015-03-02", "2015-03-24")),
+    (("DHR", "O"), ("2015-03-04", "2015-03-23")),
+    (("ES", "ICE"), ("2015-07-14", "2015-07-20")),
+    (("O", "DHR"), ("2016-01-08", "2016-01-13")),
+    (("BMY", "ICE"), ("2015-12-22", "2016-01-05")),
+    (("AAPL", "BMY"), ("2016-11-22", "2016-11-28")),
+    (("BHF", "WRK"), ("2017-07-21", "2017-07-27")),
+    (("REGN", "VRTX"), ("2015-05-08", "2015-05-13")),
+    (("REGN", "VRTX"), ("2015-06-05", "2015-06-10")),
+    (("FTV", "UA"), ("2016-06-28", "2016-07-05")),
+    (("UA", "DHR"), ("2016-04-01", "2016-04-08")),
+    (("MSFT", "NVDA"), ("2021-06-29", "2021-07-22")),
+    (("NVDA", "MSFT"), ("2021-08-16", "2021-08-20")),
+    (("MSFT", "NVDA"), ("2021-11-15", "2021-11-29")),
+    (("MSFT", "NVDA"), ("2022-01-24", "2022-01-30")),
+    (("AAPL", "ICE"), ("2018-01-31", "2018-02-08")),
+    (("AAPL", "AAPL"), ("2020-08-28", "2020-09-04")),
+    (("AAPL", "AAPL"), ("2020-11-02", "2020-11-08")),
+]
+HISTORY_DAYS = 5
+SPECS = [rewards.RewardSpec(horizon_days=h, entry=e, pairwise=p, risk_lambda=lam)
+         for h, e, p, lam in itertools.product([1, 3], ["next_open", "decision_close"], ["long_short", "allocation"], [0.0, 0.5])]
+SPECS.append(rewards.RewardSpec(cost_bps=12.5, invalid_penalty_usd=0.05))
+
+
+def _load_prices(con, shared: Path) -> None:
+    files = [str(shared / "prices" / "sp500_5yr" / f"{t}_data.csv") for t in CSV_TICKERS]
+    con.execute(
+        "INSERT INTO prices SELECT Name, date, open, high, low, close, NULL, volume, NULL, 'csv', now() "
+        "FROM read_csv($f, header = true, columns = {'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', "
+        "'low': 'DOUBLE', 'close': 'DOUBLE', 'volume': 'BIGINT', 'Name': 'VARCHAR'})", {"f": files})
+    rows = []
+    for name in YAHOO_FILES:  # real Yahoo chart payloads: raw close and a split/dividend-adjusted close
+        r = json.loads((shared / "yahoo_chart" / name).read_text())["response"]["bodyJson"]["chart"]["result"][0]
+        q, adj = r["indicators"]["quote"][0], r["indicators"]["adjclose"][0]["adjclose"]
+        for i, ts in enumerate(r["timestamp"]):
+            rows.append((r["meta"]["symbol"], datetime.fromtimestamp(ts, timezone.utc).date(), q["open"][i], q["close"][i], adj[i]))
+    con.executemany("INSERT INTO prices (ticker, date, open, close, adj_close, source, ingested_at) "
+                    "VALUES (?, ?, ?, ?, ?, 'yahoo', now())", rows)
+
+
+def _decisions(con) -> list[dict]:
+    """Rollouts over MARKETS: every calendar day of each range (weekends and holidays too), groups of 4."""
+    rng = random.Random(5)
+    out = []
+    for (ta, tb), span in MARKETS:
+        start, end = (date.fromisoformat(s) for s in span)
+        for day in (date.fromordinal(o) for o in range(start.toordinal(), end.toordinal() + 1)):
+            for mode in ("pairwise", "elementwise"):
+                if mode == "pairwise" and ta == tb:
+                    continue
+                state = f"s-{ta}-{tb}-{day}-{mode}"
+                for k in range(4):
+                    valid = rng.random() > 0.1
+                    row = {"rollout_id": f"{state}-{k}", "state_id": state, "group_id": f"g-{state}", "decision_date": day,
+                           "mode": mode, "policy_version": "base:test", "tickers": [ta, tb] if mode == "pairwise" else [ta],
+                           "action": None, "proportion": None, "position": None, "valid": valid}
+                    if valid and mode == "pairwise":
+                        row["action"] = rng.choice("AB")
+                        row["proportion"] = round(rng.random(), 2) if k % 2 else (1.0 if row["action"] == "A" else 0.0)
+                    elif valid:
+                        row["position"] = rng.choice([-1.0, 0.0, 1.0, round(rng.uniform(0, 2), 3)])
+                        row["action"] = f"{row['position']:g}"
+                    out.append(row)
+    return out
+
+
+def _store_decisions(con, rows: list[dict]) -> None:
+    con.execute("DROP VIEW IF EXISTS replay")
+    con.execute("CREATE TABLE replay (rollout_id VARCHAR, state_id VARCHAR, group_id VARCHAR, decision_date DATE, "
+                "pair VARCHAR, mode VARCHAR, policy_version VARCHAR, sample_index INTEGER, action VARCHAR, "
+                "proportion DOUBLE, position DOUBLE, valid BOOLEAN)")
+    con.executemany("INSERT INTO replay VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        (r["rollout_id"], r["state_id"], r["group_id"], r["decision_date"], "-".join(sorted(r["tickers"])), r["mode"],
+         r["policy_version"], int(r["rollout_id"][-1]), r["action"], r["proportion"], r["position"], r["valid"]) for r in rows])
+    states = {r["state_id"]: r for r in rows}
+    con.executemany(
+        "INSERT INTO states (state_id, decision_date, decision_time, mode, style, tickers, pair, action_format, horizon_days, "
+        "history_days, messages, features, anonymized, prompt_tokens, builder_version, created_at) "
+        "VALUES (?, ?, now(), ?, 'trend', ?, ?, 'choice', 1, ?, '[]', '{}', true, 1, 'test', now())",
+        [(s, r["decision_date"], r["mode"], r["tickers"], "-".join(sorted(r["tickers"])), HISTORY_DAYS) for s, r in states.items()])
+
+
+@pytest.fixture(scope="module")
+def store(shared_data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "rewards.duckdb"
+    con = db.connect(path)
+    _load_prices(con, shared_data)
+    rows = _decisions(con)
+    _store_decisions(con, rows)
+    prices = {}
+    for t, d, o, c, a in con.execute("SELECT ticker, date, open, close, adj_close FROM prices ORDER BY ticker, date").fetchall():
+        prices.setdefault(t, []).append((d, o, c, a))
+    yield con, rows, prices
+    con.close()
+
+
+# ---- the reference: plain Python, written from the issue's definitions, not from the SQL ----------------------
+
+def reference(row: dict, prices: dict, spec: rewards.RewardSpec) -> dict | None:
+    """The reward of one decision, or None when it has not matured (or cannot be priced at T's close)."""
+    legs = row["tickers"]
+    by_date = [{d: (o, c, a) for d, o, c, a in prices[t]} for t in legs]
+    common = sorted(set.intersection(*(set(b) for b in by_date)))
+    t_day = row["decision_date"]
+    later = [d for d in common if d > t_day]
+    if len(later) < spec.horizon_days:
+        return None
+    exit_day = later[spec.horizon_days - 1]
+
+    def adj(o_c_a, which):
+        o, c, a = o_c_a
+        factor = a / c if a is not None else 1.0
+        if which == "open":
+            return (o if o is not None else c) * factor
+        return a if a is not None else c
+
+    if spec.entry == "next_open":
+        entry_day = later[0]
+        entry = [adj(b[entry_day], "open") for b in by_date]
+        imputed = any(b[entry_day][0] is None for b in by_date)
+    else:
+        if t_day not in common:
+            return None
+        entry_day = t_day
+        entry = [adj(b[t_day], "close") for b in by_date]
+        imputed = False
+    exit_ = [adj(b[exit_day], "close") for b in by_date]
+    ret = [x / e - 1 for x, e in zip(exit_, entry)]
+    sigma = []
+    for t in legs:
+        closes = [adj((o, c, a), "close") for d, o, c, a in prices[t] if d <= t_day]
+        rets = [closes[i] / closes[i - 1] - 1 for i in range(max(1, len(closes) - HISTORY_DAYS), len(closes))]
+        sigma.append(statistics.stdev(rets) if len(rets) >= 2 else 0.0)
+    if not row["valid"]:
+        w = [0.0, 0.0]
+    elif row["mode"] == "elementwise":
+        w = [row["position"], 0.0]
+    elif spec.pairwise == "long_short":
+        w = [1.0, -1.0] if row["action"] == "A" else [-1.0, 1.0]
+    else:
+        w = [row["proportion"], 1 - row["proportion"]]
+    cost = spec.cost_bps / 10_000 * (abs(w[0]) + abs(w[1]))
+    risk = spec.risk_lambda * sum(abs(wi) * s for wi, s in zip(w, sigma))
+    gain = sum(wi * r for wi, r in zip(w, ret))
+    reward = gain - cost - risk if row["valid"] else -spec.invalid_penalty_usd
+    return {"reward_usd": reward, "entry_date": entry_day, "exit_date": exit_day, "return_a": ret[0],
+            "open_imputed": imputed}
+
+
+def _sql_rows(con, spec) -> dict:
+    rows = con.execute("SELECT rollout_id, reward_usd, entry_date, exit_date, return_a, flags FROM rewards "
+                       "WHERE reward_spec = ?", [spec.reward_spec]).fetchall()
+    return {r[0]: r[1:] for r in rows}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.reward_spec.split(":")[1].rsplit(",sql", 1)[0])
+def test_sql_agrees_with_python_reference(store, spec):
+    con, rows, prices = store
+    counts = rewards.compute_rewards(con, spec)
+    got = _sql_rows(con, spec)
+    want = {r["rollout_id"]: reference(r, prices, spec) for r in rows}
+    matured = {k for k, v in want.items() if v is not None}
+    assert set(got) == matured
+    assert counts["inserted"] == len(matured) and counts["waiting"] == len(rows) - len(matured)
+    assert 0 < len(matured) < len(rows)  # some decisions are at the end of the data
+    for rid in matured:
+        reward, entry, exit_, ret_a, flags = got[rid]
+        w = want[rid]
+        assert abs(reward - w["reward_usd"]) <= 1e-12, rid
+        assert abs(ret_a - w["return_a"]) <= 1e-12, rid
+        assert (entry, exit_) == (w["entry_date"], w["exit_date"]), rid
+        assert ("open_imputed" in (flags or "")) == w["open_imputed"], rid
+    if spec.entry == "next_open":  # the real missing opens were reached
+        assert any(w["open_imputed"] for w in want.values() if w)
+
+
+def test_calendar_crosses_gaps_and_holidays(store):
+    con, rows, prices = store
+    spec = rewards.RewardSpec(horizon_days=3)
+    rewards.compute_rewards(con, spec)
+    got = {s: (e, x) for s, e, x in con.execute(
+        "SELECT state_id, entry_date, exit_date FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchall()}
+    # O has no prices 2015-03-09..20 while AAPL has: the pair's first common day after 03-06 is 03-23.
+    assert got["s-O-AAPL-2015-03-06-pairwise"] == (date(2015, 3, 23), date(2015, 3, 25))
+    # Christmas 2015 (Friday): decided on the 24th, the position runs on the 28th, 29th and 30th.
+    assert got["s-BMY-ICE-2015-12-24-pairwise"] == (date(2015, 12, 28), date(2015, 12, 30))
+    # July 4th 2021 (observed Monday the 5th).
+    assert got["s-MSFT-NVDA-2021-07-02-pairwise"] == (date(2021, 7, 6), date(2021, 7, 8))
+
+
+def test_unmatured_absent_then_appear_when_prices_added(store, tmp_path):
+    con, rows, prices = store
+    path = tmp_path / "late.duckdb"
+    late = db.connect(path)
+    cut = date(2015, 12, 30)
+    held = con.execute("SELECT * FROM prices WHERE date > ?", [cut]).df()
+    late.register("all_prices", con.execute("SELECT * FROM prices").df())
+    late.execute("INSERT INTO prices SELECT * FROM all_prices WHERE date <= ?", [cut])
+    sub = [r for r in rows if r["tickers"] in (["BMY", "ICE"], ["BMY"])]
+    _store_decisions(late, sub)
+    spec = rewards.RewardSpec()
+    first = rewards.compute_rewards(late, spec)
+    have = dict(late.execute("SELECT rollout_id, reward_usd FROM rewards").fetchall())
+    assert all(r["decision_date"] < cut for r in sub if r["rollout_id"] in have)
+    assert not any(r["rollout_id"] in have for r in sub if r["decision_date"] >= cut)
+    assert first["waiting"] > 0 and first["inserted"] == len(have)
+    late.register("held", held)
+    late.execute("INSERT INTO prices SELECT * FROM held")
+    second = rewards.compute_rewards(late, spec)
+    assert second["pending"] == first["waiting"] and second["inserted"] > 0
+    now = dict(late.execute("SELECT rollout_id, reward_usd FROM rewards").fetchall())
+    assert {k: now[k] for k in have} == have  # earlier rows untouched
+    all_prices = {}
+    for t, d, o, c, a in late.execute("SELECT ticker, date, open, close, adj_close FROM prices ORDER BY ticker, date").fetchall():
+        all_prices.setdefault(t, []).append((d, o, c, a))
+    for r in sub:
+        want = reference(r, all_prices, spec)
+        assert (r["rollout_id"] in now) == (want is not None)
+        if want:
+            assert abs(now[r["rollout_id"]] - want["reward_usd"]) <= 1e-12
+    late.close()
+
+
+def test_rerun_changes_nothing(store):
+    con, rows, prices = store
+    spec = rewards.RewardSpec(horizon_days=2)
+    first = rewards.compute_rewards(con, spec)
+    before = con.execute("SELECT * FROM rewards ORDER BY rollout_id, reward_spec").fetchall()
+    again = rewards.compute_rewards(con, spec)
+    after = con.execute("SELECT * FROM rewards ORDER BY rollout_id, reward_spec").fetchall()
+    assert before == after
+    assert again["inserted"] == 0 and again["pending"] == first["waiting"] and again["total"] == first["total"]
+
+
+def test_spec_name_is_versioned():
+    base = rewards.RewardSpec()
+    assert base.reward_spec == rewards.RewardSpec().reward_spec
+    names = {rewards.RewardSpec(**kw).reward_spec for kw in
+             [{}, {"horizon_days": 2}, {"entry": "decision_close"}, {"pairwise": "allocation"}, {"cost_bps": 1.0},
+              {"risk_lambda": 0.1}, {"invalid_penalty_usd": 0.5}]}
+    assert len(names) == 7
+    assert base.reward_spec.endswith(",sql=" + rewards.sql_sha256()[:8])
+    for bad in [{"horizon_days": 0}, {"entry": "open"}, {"pairwise": "x"}, {"cost_bps": -1}, {"risk_lambda": float("nan")}]:
+        with pytest.raises(ValueError):
+            rewards.RewardSpec(**bad)
+
+
+def test_advantages_match_grpo_definitions(store):
+    con, rows, prices = store
+    spec = rewards.RewardSpec()
+    rewards.compute_rewards(con, spec)
+    adv = con.execute("SELECT a.state_id, a.reward_usd, a.advantage, a.advantage_drgrpo, a.group_size, a.zero_variance "
+                      "FROM advantages AS a JOIN replay AS r USING (rollout_id) WHERE a.reward_spec = ?",
+                      [spec.reward_spec]).fetchall()
+    groups = {}
+    for s, r, *_ in adv:
+        groups.setdefault(s, []).append(r)
+    assert len(adv) == con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchone()[0]
+    zero = 0
+    for s, r, a, a_dr, n, zv in adv:
+        g = groups[s]
+        mean, std = statistics.fmean(g), statistics.stdev(g) if len(g) > 1 else 0.0
+        assert n == len(g) and zv == (max(g) == min(g))
+        assert abs(a_dr - (r - mean)) <= 1e-12 and abs(a - (r - mean) / (std + 1e-4)) <= 1e-9
+        zero += zv
+    assert zero > 0  # e.g. hold/invalid-only groups exist
+
+
+def test_advantages_view_in_migration_is_the_sql_file():
+    assert db.sql_text("advantages").strip() in db.sql_text("migrations/004_rewards")
+
+
+def _write_actions(path: Path) -> None:
+    path.write_text(
+        "decision_date,mode,ticker_a,ticker_b,action,proportion\n"
+        "2015-03-06,pairwise,O,AAPL,A,\n"
+        "2015-07-16,pairwise,ES,ICE,B,0.25\n"
+        "2015-07-16,elementwise,DHR,,buy,\n"
+        "2016-01-11,elementwise,O,,1.5,\n"
+        "2016-01-11,elementwise,O,,,\n"
+        "2018-02-07,pairwise,AAPL,ICE,A,\n")
+
+
+def test_preview_uses_the_same_sql(store, tmp_path):
+    con, rows, prices = store
+    csv = tmp_path / "actions.csv"
+    _write_actions(csv)
+    spec = rewards.RewardSpec(pairwise="allocation")
+    out = rewards.preview(con, csv, spec)
+    assert list(out.columns) == ["decision_date", "mode", "ticker_a", "ticker_b", "action", "proportion",
+                                 "entry_date", "exit_date", "reward_usd", "flags"]
+    refs = [
+        reference({"tickers": ["O", "AAPL"], "decision_date": date(2015, 3, 6), "mode": "pairwise", "valid": True, "action": "A", "proportion": 1.0}, prices, spec),
+        reference({"tickers": ["ES", "ICE"], "decision_date": date(2015, 7, 16), "mode": "pairwise", "valid": True, "action": "B", "proportion": 0.25}, prices, spec),
+        reference({"tickers": ["DHR"], "decision_date": date(2015, 7, 16), "mode": "elementwise", "valid": True, "position": 1.0}, prices, spec),
+        reference({"tickers": ["O"], "decision_date": date(2016, 1, 11), "mode": "elementwise", "valid": True, "position": 1.5}, prices, spec),
+        reference({"tickers": ["O"], "decision_date": date(2016, 1, 11), "mode": "elementwise", "valid": False}, prices, spec),
+    ]
+    for i, ref in enumerate(refs):
+        assert abs(out["reward_usd"][i] - ref["reward_usd"]) <= 1e-12
+    assert out["flags"][2] == "open_imputed"  # DHR has no open on 2015-07-17
+    assert out["reward_usd"][4] == -spec.invalid_penalty_usd
+    assert out["reward_usd"].isna()[5]  # 2018-02-07 is the last day of the data: not matured
+
+
+@pytest.mark.parametrize("text, message", [
+    ("decision_date,mode,ticker_a,action\n2015-13-01,pairwise,O,A\n", "line 2: decision_date"),
+    ("decision_date,mode,ticker_a,ticker_b,action\n2015-03-06,pairwise,O,,A\n", "needs a ticker_b"),
+    ("decision_date,mode,ticker_a,ticker_b,action\n2015-03-06,elementwise,O,,maybe\n", "line 2: action 'maybe'"),
+    ("decision_date,mode,ticker_a,ticker_b,action\n2015-03-06,elementwise,ZZZZ,,buy\n", "ZZZZ"),
+    ("date,mode\n2015-03-06,elementwise\n", "missing column"),
+])
+def test_preview_bad_input_names_it(store, tmp_path, text, message):
+    con, *_ = store
+    csv = tmp_path / "bad.csv"
+    csv.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        rewards.preview(con, csv)
+
+
+def test_preview_cli(store, tmp_path):
+    con, *_ = store
+    path = tmp_path / "cli.duckdb"
+    cli_con = db.connect(path)
+    cli_con.register("p", con.execute("SELECT * FROM prices").df())
+    cli_con.execute("INSERT INTO prices SELECT * FROM p")
+    cli_con.close()
+    csv, out = tmp_path / "actions.csv", tmp_path / "out.csv"
+    _write_actions(csv)
+    exe = str(Path(sys.executable).parent / "hitchhiker")
+    p = subprocess.run([exe, "rewards", "preview", "--db", str(path), "--actions", str(csv), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = duckdb.sql(f"SELECT * FROM read_csv('{out}')").fetchall()
+    assert len(got) == 6
+    lib = rewards.preview(con, csv)
+    assert abs(got[0][8] - lib["reward_usd"][0]) <= 1e-12
+    p = subprocess.run([exe, "rewards", "preview", "--db", str(path), "--actions", str(tmp_path / "absent.csv")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "absent.csv" in p.stderr and "Traceback" not in p.stderr

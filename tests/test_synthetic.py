@@ -1,0 +1,50 @@
+"""The synthetic market: every couple's pairwise 'trend' state is decided by its trend words, and pays accordingly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hitchhiker import db
+from hitchhiker.synthetic import SyntheticMarket, couples, trading_days, write_market
+from train_helpers import tiny_model_dir
+
+
+def test_trend_word_decides_the_next_session(tmp_path):
+    from hitchhiker.policy import load_tokenizer
+    from hitchhiker.states import StatesConfig, build_states
+
+    market = SyntheticMarket(n_couples=2, n_days=40, seed=3)
+    con = db.connect(tmp_path / "s.duckdb")
+    report = write_market(con, market)
+    assert report.inserted == 2 * 2 * 40
+    assert write_market(con, market).inserted == 0  # idempotent
+    tok = load_tokenizer(tiny_model_dir(tmp_path / "tiny"))
+    days = trading_days(market)[10:38]
+    cfg = StatesConfig(mode="pairwise", style="trend")
+    ids = []
+    for couple in couples(market):
+        ids += build_states(con, cfg, days, tickers=couple, tokenizer=tok)
+    assert len(ids) == 2 * len(days)
+    outcomes = dict((sid, (ra, rb)) for sid, ra, rb in con.execute(db.sql_text("train/pair_outcomes"), {"state_ids": ids}).fetchall())
+    a_first = 0
+    for sid, messages, features in con.execute(
+        "SELECT state_id, messages, features FROM states WHERE list_contains(?, state_id)", [ids]
+    ).fetchall():
+        text = json.loads(messages)[-1]["content"]
+        f = json.loads(features)
+        words = (f["A"]["trend"], f["B"]["trend"])
+        assert sorted(words) == ["DOWN", "UP"], words  # always decidable: one up, one down
+        assert f"Stock A trend: {words[0]}." in text and f"Stock B trend: {words[1]}." in text
+        ra, rb = outcomes[sid]
+        assert (ra > rb) == (words[0] == "UP")  # the stock trending up wins the next session
+        assert abs(ra - rb) > 0.01
+        a_first += words[0] == "UP"
+    assert 0.25 < a_first / len(ids) < 0.75  # which of A/B is up is not fixed
+
+
+def test_bad_market_is_refused():
+    from hitchhiker.synthetic import bars
+
+    with pytest.raises(ValueError, match="noise"):
+        bars(SyntheticMarket(noise=0.01, drift=0.01))
