@@ -418,6 +418,8 @@ class _TokenCounter:
         self.by_line: dict[str, int] = {}
 
     def __call__(self, conversations: list[list[dict]]) -> list[int]:
+        if not conversations:  # a date with no eligible stock: nothing to count (the template rejects [])
+            return []
         texts = self.tok.apply_chat_template(conversations, tokenize=False, add_generation_prompt=True)
         if self.additive:
             return [self.pieces_sum(t) for t in texts]

@@ -19,6 +19,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("HITCHHIKER_DB", None)
+# The default small model is built once per HITCHHIKER_HOME: a fresh one per test session (as in CI), unless the
+# developer points it at a cache that already holds the model.
+os.environ.setdefault("HITCHHIKER_HOME", str(_TMP_HOME / "hitchhiker"))
 
 import pytest  # noqa: E402
 

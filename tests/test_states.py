@@ -417,6 +417,13 @@ def test_rebuilding_is_idempotent_and_non_trading_days_are_skipped(tok):
     assert build_states(con, config, [GAP], tokenizer=tok) and (gap is None or all("DDD" not in t for t in gap))
 
 
+@pytest.mark.parametrize("mode", ["pairwise", "elementwise"])
+def test_a_trading_day_without_enough_history_builds_nothing(tok, mode):
+    con = _store(*MARKET)
+    assert build_states(con, StatesConfig(mode=mode), [DAYS[0]], tokenizer=tok) == []
+    assert con.execute("SELECT count(*) FROM states").fetchall() == [(0,)]
+
+
 def test_features_are_the_numbers_shown_and_match_a_direct_computation(tok):
     con = _store(*MARKET)
     T = DAYS[25]
