@@ -11,6 +11,9 @@ from typing import Iterator
 import duckdb
 
 DEFAULT_DB = "hitchhiker.duckdb"
+# New files are written in the storage format of DuckDB 1.5, so that the `duckdb` command-line tool users already
+# have (PyPI's duckdb-cli is 1.5.x) opens the store for ad-hoc SQL; DuckDB 2.0 reads and writes it unchanged.
+STORAGE_COMPATIBILITY = "v1.5.0"
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
@@ -36,7 +39,8 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, migr
     if not read_only:
         p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        con = duckdb.connect(str(p), read_only=read_only)
+        config = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+        con = duckdb.connect(str(p), read_only=read_only, config=config)
     except duckdb.IOException as e:
         if "lock" in str(e).lower():
             raise StoreLockedError(

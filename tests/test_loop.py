@@ -17,8 +17,23 @@ def _learn(tmp_path, seed: int):
                           target_accuracy=0.9, time_budget_s=BUDGET_S - 60, seed=seed)
     cfg.sampling.seed = cfg.grpo.seed = cfg.grpo.shuffle_seed = seed
     res = run_loop(con, cfg, tmp_path / f"loop{seed}", tmp_path / f"replay{seed}")
-    con.close()
-    return res
+    return con, cfg, res
+
+
+def _beats_random_and_base(con, cfg, res, tmp_path) -> None:
+    """Issue 7's acceptance: through the evaluation stage (dollar rewards from the SQL, block bootstrap), the trained
+    checkpoint beats the random baseline and the untrained base model, with intervals that exclude zero."""
+    from hitchhiker.evaluate import EvalConfig, evaluate, paired_difference
+
+    run = evaluate(con, res.checkpoint_id, min(cfg.eval_dates), max(cfg.eval_dates),
+                   EvalConfig(style="trend", n_boot=1000, reports_dir=str(tmp_path / "reports")))
+    base = next(s for s, k in run.kinds.items() if k == "base")
+    for other in ("baseline:random", base):
+        for metric in ("mean_reward_usd", "accuracy"):
+            diff, lo, hi = paired_difference(run, run.candidate, other, metric)
+            print(f"{run.candidate} - {other} ({metric}): {diff:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            assert lo > 0, (other, metric, diff, lo, hi)
+    assert run.report_path.is_file() and "baseline:random" in run.report_path.read_text()
 
 
 @pytest.mark.slow
@@ -29,7 +44,7 @@ def test_grpo_loop_learns(tmp_path):
     default_model_path()  # built (once, cached) before the clock starts: the budget is for learning
     outcomes = []
     for seed in (0, 1):  # the acceptance allows two fixed seeds
-        res = _learn(tmp_path, seed)
+        con, cfg, res = _learn(tmp_path, seed)
         start, end = res.history[0], res.history[-1]
         # before any GRPO step (the warmed-up model): valid format, accuracy not distinguishable from a coin
         assert start["iteration"] == 0 and start["n"] >= 200
@@ -43,7 +58,10 @@ def test_grpo_loop_learns(tmp_path):
         outcomes.append((seed, end["accuracy"], end["p_value"], end["seconds"], end["n"]))
         print(f"seed {seed}:", [(h["iteration"], round(h["seconds"]), round(h["accuracy"], 3)) for h in res.history])
         if end["accuracy"] >= 0.8 and end["p_value"] < 1e-3 and end["seconds"] <= BUDGET_S and end["n"] >= 200:
+            _beats_random_and_base(con, cfg, res, tmp_path)
+            con.close()
             break
+        con.close()
     seed, accuracy, p_value, seconds, n = outcomes[-1]
     assert accuracy >= 0.8 and p_value < 1e-3 and seconds <= BUDGET_S and n >= 200, outcomes
 

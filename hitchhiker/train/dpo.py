@@ -75,7 +75,9 @@ def train_dpo(con, config: DPOConfig, run_dir: str | os.PathLike, parent_id: str
         output_dir=str(run_dir / "trl"), beta=config.beta, learning_rate=config.learning_rate,
         per_device_train_batch_size=config.batch_size, num_train_epochs=config.epochs, max_steps=config.max_steps,
         logging_steps=1, save_strategy="no", report_to="none", seed=config.seed, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0, **config.extra,
+        # TRL defaults to activation checkpointing: a GPU memory saver that only costs time on CPU
+        disable_tqdm=True, dataloader_num_workers=0,
+        **{"bf16": torch.cuda.is_available(), "gradient_checkpointing": torch.cuda.is_available(), **config.extra},
     )
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
