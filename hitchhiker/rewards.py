@@ -110,11 +110,15 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
                     [spec.reward_spec, json.dumps(asdict(spec)), sql_sha256(), computed_at])
         # Materialized once: the replay view may scan many Parquet files, and three statements read it.
         con.execute("CREATE OR REPLACE TEMP TABLE decisions AS " + db.sql_text("rewards/pending"))
-        pending = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        pending, distinct = con.execute("SELECT count(*), count(DISTINCT decision_id) FROM decisions").fetchall()[0]
+        if distinct != pending:  # `rewards` has no index to refuse a repeat: (rollout_id, reward_spec) stays unique here
+            repeated = [r for (r,) in con.execute(
+                "SELECT decision_id FROM decisions GROUP BY decision_id HAVING count(*) > 1 LIMIT 5").fetchall()]
+            raise ValueError(f"replay: rollout_id(s) stored more than once, e.g. {', '.join(repeated)}")
         _check_decisions(con, "replay")
         con.execute("CREATE OR REPLACE TEMP VIEW reward_rows AS " + db.sql_text("rewards"))
-        inserted = con.execute(db.sql_text("rewards/insert")).fetchone()[0] if pending else 0
-        total = con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchone()[0]
+        inserted = con.execute(db.sql_text("rewards/insert")).fetchall()[0][0] if pending else 0
+        total = con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchall()[0][0]
         con.execute("DROP VIEW reward_rows")
         con.execute("DROP TABLE decisions")
         ensure_advantages_view(con)

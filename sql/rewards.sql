@@ -17,9 +17,17 @@
 -- Trading days are the dates present in `prices` for the ticker (for a pair: the dates on which both have prices).
 -- With T the decision date, the exit is the close of the h-th trading day after T; the entry is the open of the
 -- first trading day after T ('next_open', so the position is exposed for h sessions) or T's own close
--- ('decision_close', which needs a price on T for every leg). Prices are adjusted by adj_close / close where the
--- source gives both (splits and dividends between entry and exit are then in the return); a missing open is
--- replaced by that day's close and the row is flagged 'open_imputed'.
+-- ('decision_close', which needs a price on T for every leg). No price after the exit and none before T enters a
+-- reward. Prices are adjusted by adj_close / close where the source gives both (splits and dividends between entry
+-- and exit are then in the return); a missing open is replaced by that day's close and the row is flagged
+-- 'open_imputed'.
+--
+-- How the calendar is read without a search per decision: the dates of `prices` are numbered once (market days,
+-- g), and each market (A, B, T) is anchored at the first market day after T on which both legs are listed (or at T
+-- for 'decision_close'). Its legs' prices on the anchor and the next `span` market days (span = h - 1, or h from T)
+-- are then equality lookups. When both legs have a price on each of those days, they are the pair's first common
+-- trading days and entry and exit are exact (`direct`, nearly every market). The few where a leg misses one of
+-- those days (a halted stock) walk the pair's common days one by one (`walked`).
 WITH
 -- The distinct markets the decisions need: (A, B, T, history). Elementwise decisions use A's own calendar (B := A).
 markets AS MATERIALIZED (
@@ -30,122 +38,152 @@ markets AS MATERIALIZED (
         FROM decisions
     )
 ),
-needed_tickers AS (
-    SELECT ticker_a AS ticker FROM markets UNION SELECT ticker_b FROM markets
+-- Every date on which any ticker traded, numbered in order.
+market_days AS MATERIALIZED (
+    SELECT date, row_number() OVER (ORDER BY date) AS g
+    FROM (SELECT DISTINCT date FROM prices)
 ),
--- Adjusted prices (USD per share, in today's share units) numbered by each ticker's own trading days.
-px AS MATERIALIZED (
+-- Adjusted prices: USD per share, in today's share units.
+adjusted AS (
     SELECT
-        p.ticker,
-        p.date,
-        row_number() OVER (PARTITION BY p.ticker ORDER BY p.date) AS day_no,
-        coalesce(p.adj_close, p.close) AS close_adj,
-        coalesce(p.open, p.close) * coalesce(p.adj_close / p.close, 1.0) AS open_adj,
-        p.open IS NULL AS open_imputed
-    FROM prices AS p
-    SEMI JOIN needed_tickers AS t ON p.ticker = t.ticker
+        ticker,
+        date,
+        coalesce(adj_close, close) AS close_adj,
+        coalesce(open, close) * coalesce(adj_close / close, 1.0) AS open_adj,
+        open IS NULL AS open_imputed
+    FROM prices
 ),
-days_per_ticker AS (
-    SELECT ticker, max(day_no) AS last_day_no FROM px GROUP BY ticker
+-- Each needed ticker's first and last market day (a stock listed later, or gone, shares no day outside them).
+listed AS MATERIALIZED (
+    SELECT t.ticker, f.g AS first_g, l.g AS last_g
+    FROM (
+        SELECT ticker, min(date) AS first_date, max(date) AS last_date
+        FROM prices
+        SEMI JOIN (SELECT ticker_a AS ticker FROM markets UNION SELECT ticker_b FROM markets) AS n USING (ticker)
+        GROUP BY ticker
+    ) AS t
+    JOIN market_days AS f ON f.date = t.first_date
+    JOIN market_days AS l ON l.date = t.last_date
 ),
--- Each leg's first own trading day after T. Markets with none are not matured and end here.
-first_after AS MATERIALIZED (
-    SELECT m.market_id, m.ticker_a, m.ticker_b, m.decision_date,
-           a.day_no AS a_first, b.day_no AS b_first
+-- Per market, its anchor and the last day both legs are listed. The market is left out when the data cannot hold h
+-- common days after T yet (not matured), and for 'decision_close' when T is not a day both legs can have a price.
+anchors AS MATERIALIZED (
+    SELECT
+        m.market_id,
+        m.ticker_a,
+        m.ticker_b,
+        m.decision_date,
+        anchor.g AS anchor_g,
+        anchor.date AS anchor_date,
+        last_common.date AS last_common_date
     FROM markets AS m
-    ASOF JOIN px AS a ON a.ticker = m.ticker_a AND a.date > m.decision_date
-    ASOF JOIN px AS b ON b.ticker = m.ticker_b AND b.date > m.decision_date
+    ASOF JOIN market_days AS after_t ON after_t.date > m.decision_date
+    JOIN listed AS la ON la.ticker = m.ticker_a
+    JOIN listed AS lb ON lb.ticker = m.ticker_b
+    JOIN market_days AS anchor
+      ON anchor.g = IF(getvariable('reward_entry') = 'next_open',
+                       greatest(after_t.g, la.first_g, lb.first_g),
+                       after_t.g - 1)
+    JOIN market_days AS last_common ON last_common.g = least(la.last_g, lb.last_g)
+    WHERE anchor.g + getvariable('reward_horizon_days') - IF(getvariable('reward_entry') = 'next_open', 1, 0)
+          <= last_common.g
+      AND (getvariable('reward_entry') = 'next_open'
+           OR (anchor.date = m.decision_date AND anchor.g >= greatest(la.first_g, lb.first_g)))
 ),
--- The pair's common trading days after T are searched in a window of each leg's next (h + 3) own days: a prefix of
--- both calendars, so the common days found are a prefix of the true ones and, when there are at least h of them,
--- the h-th is exact. Only where a leg's window was full and still held fewer than h common days (a leg missing
--- more than 3 days, e.g. a halted stock) is the search repeated over all later days (`unbounded_days`).
--- Each common day carries both legs' adjusted prices, so entry and exit need no further lookup; the window also
--- holds A's last day <= T, which is T itself when T's close exists for both legs (entry 'decision_close').
-window_days AS MATERIALIZED (
-    SELECT f.market_id,
-           any_value({'date': a.date, 'open_a': a.open_adj, 'close_a': a.close_adj, 'open_b': b.open_adj,
-                 'close_b': b.close_adj, 'open_imputed': a.open_imputed OR b.open_imputed})
-               FILTER (WHERE a.date = f.decision_date) AS on_t,
-           list({'date': a.date, 'open_a': a.open_adj, 'close_a': a.close_adj, 'open_b': b.open_adj,
-                 'close_b': b.close_adj, 'open_imputed': a.open_imputed OR b.open_imputed} ORDER BY a.date)
-               FILTER (WHERE a.date > f.decision_date) AS after_t
-    FROM first_after AS f,
-         unnest(range(f.a_first - 1, f.a_first + getvariable('reward_horizon_days') + 3)) AS w(day_no)
-    JOIN px AS a ON a.ticker = f.ticker_a AND a.day_no = w.day_no
-    JOIN px AS b ON b.ticker = f.ticker_b AND b.date = a.date
-                AND b.day_no < f.b_first + getvariable('reward_horizon_days') + 3
-    GROUP BY f.market_id
+-- The anchor and the `span` market days after it, for each leg: i = 0 is the entry day, i = span the exit day.
+-- Materialized, so that the join order cannot pair each leg with every price row of its ticker before the day is set.
+lookups AS MATERIALIZED (
+    SELECT l.market_id, l.is_a, l.ticker, l.i, d.date
+    FROM (
+        SELECT leg.market_id, leg.is_a, leg.ticker, i.i, leg.anchor_g + i.i AS g
+        FROM (SELECT market_id, true AS is_a, ticker_a AS ticker, anchor_g FROM anchors
+              UNION ALL
+              SELECT market_id, false, ticker_b, anchor_g FROM anchors) AS leg
+        CROSS JOIN range(getvariable('reward_horizon_days') + IF(getvariable('reward_entry') = 'next_open', 0, 1)) AS i(i)
+    ) AS l
+    JOIN market_days AS d USING (g)
 ),
-undecided AS MATERIALIZED (
-    SELECT f.*
-    FROM first_after AS f
-    LEFT JOIN window_days AS w USING (market_id)
-    JOIN days_per_ticker AS na ON na.ticker = f.ticker_a
-    JOIN days_per_ticker AS nb ON nb.ticker = f.ticker_b
-    WHERE coalesce(len(w.after_t), 0) < getvariable('reward_horizon_days')
-      AND (f.a_first + getvariable('reward_horizon_days') + 3 - 1 <= na.last_day_no
-           OR f.b_first + getvariable('reward_horizon_days') + 3 - 1 <= nb.last_day_no)
+-- Markets with a price for both legs on each of those days: no common trading day lies between T and the anchor, so
+-- these are the pair's first common days and entry and exit are exact.
+direct AS MATERIALIZED (
+    SELECT
+        k.market_id,
+        min(k.date) AS entry_date,
+        max(k.date) AS exit_date,
+        any_value(IF(getvariable('reward_entry') = 'next_open', p.open_adj, p.close_adj))
+            FILTER (WHERE k.i = 0 AND k.is_a) AS entry_a,
+        any_value(IF(getvariable('reward_entry') = 'next_open', p.open_adj, p.close_adj))
+            FILTER (WHERE k.i = 0 AND NOT k.is_a) AS entry_b,
+        arg_max(p.close_adj, k.i) FILTER (WHERE k.is_a) AS exit_a,
+        arg_max(p.close_adj, k.i) FILTER (WHERE NOT k.is_a) AS exit_b,
+        getvariable('reward_entry') = 'next_open' AND bool_or(p.open_imputed) FILTER (WHERE k.i = 0) AS open_imputed
+    FROM lookups AS k
+    JOIN adjusted AS p ON p.ticker = k.ticker AND p.date = k.date
+    GROUP BY k.market_id
+    HAVING count(*) = 2 * (getvariable('reward_horizon_days') + IF(getvariable('reward_entry') = 'next_open', 0, 1))
 ),
--- A's later days for the undecided markets first (materialized, so that the join order cannot pair every price
--- row of A with every price row of B on date before the few undecided markets are picked).
-unbounded_a AS MATERIALIZED (
-    SELECT u.market_id, u.ticker_b, u.decision_date, a.*
-    FROM undecided AS u
-    JOIN px AS a ON a.ticker = u.ticker_a AND a.date >= u.decision_date
+-- The other markets walk A's days from the anchor to the last day both legs are listed (materialized first, so
+-- that the join order cannot pair every price row of A with every price row of B before the few markets are
+-- picked), keeping the days B also has.
+walk_a AS MATERIALIZED (
+    SELECT a.market_id, a.ticker_b, a.decision_date, p.date, p.open_adj, p.close_adj, p.open_imputed
+    FROM anchors AS a
+    ANTI JOIN direct USING (market_id)
+    JOIN adjusted AS p ON p.ticker = a.ticker_a AND p.date BETWEEN a.anchor_date AND a.last_common_date
 ),
-unbounded_days AS MATERIALIZED (
-    SELECT a.market_id,
-           any_value({'date': a.date, 'open_a': a.open_adj, 'close_a': a.close_adj, 'open_b': b.open_adj,
-                 'close_b': b.close_adj, 'open_imputed': a.open_imputed OR b.open_imputed})
-               FILTER (WHERE a.date = a.decision_date) AS on_t,
-           list({'date': a.date, 'open_a': a.open_adj, 'close_a': a.close_adj, 'open_b': b.open_adj,
-                 'close_b': b.close_adj, 'open_imputed': a.open_imputed OR b.open_imputed} ORDER BY a.date)
-               FILTER (WHERE a.date > a.decision_date) AS after_t
-    FROM unbounded_a AS a
-    JOIN px AS b ON b.ticker = a.ticker_b AND b.date = a.date
+walked AS (
+    SELECT
+        a.market_id,
+        any_value({'date': a.date, 'close_a': a.close_adj, 'close_b': b.close_adj})
+            FILTER (WHERE a.date = a.decision_date) AS on_t,
+        list({'date': a.date, 'open_a': a.open_adj, 'close_a': a.close_adj, 'open_b': b.open_adj,
+              'close_b': b.close_adj, 'open_imputed': a.open_imputed OR b.open_imputed} ORDER BY a.date)
+            FILTER (WHERE a.date > a.decision_date) AS after_t
+    FROM walk_a AS a
+    JOIN adjusted AS b ON b.ticker = a.ticker_b AND b.date = a.date
     GROUP BY a.market_id
-),
--- Per market: T's common day (if any) and the common days after T, from which entry and exit are taken.
-calendar AS MATERIALIZED (
-    SELECT m.*, c.on_t, c.after_t
-    FROM markets AS m
-    JOIN (
-        SELECT * FROM window_days ANTI JOIN undecided USING (market_id)
-        UNION ALL
-        SELECT * FROM unbounded_days
-    ) AS c USING (market_id)
 ),
 -- Entry and exit prices per leg; 'decision_close' enters at T's close, so a market without a price on T for both
 -- legs drops out (it can never be priced that way).
-legs AS (
-    SELECT
-        market_id, ticker_a, ticker_b, decision_date, history_days,
-        IF(getvariable('reward_entry') = 'next_open', after_t[1].date, on_t.date) AS entry_date,
-        after_t[getvariable('reward_horizon_days')].date AS exit_date,
-        IF(getvariable('reward_entry') = 'next_open', after_t[1].open_a, on_t.close_a) AS entry_a,
-        IF(getvariable('reward_entry') = 'next_open', after_t[1].open_b, on_t.close_b) AS entry_b,
-        after_t[getvariable('reward_horizon_days')].close_a AS exit_a,
-        after_t[getvariable('reward_horizon_days')].close_b AS exit_b,
-        getvariable('reward_entry') = 'next_open' AND after_t[1].open_imputed AS open_imputed
-    FROM calendar
-    WHERE len(after_t) >= getvariable('reward_horizon_days')
-      AND (getvariable('reward_entry') = 'next_open' OR on_t IS NOT NULL)
+legs AS MATERIALIZED (
+    SELECT m.*, x.* EXCLUDE (market_id)
+    FROM markets AS m
+    JOIN (
+        SELECT * FROM direct
+        UNION ALL BY NAME
+        SELECT
+            market_id,
+            IF(getvariable('reward_entry') = 'next_open', after_t[1].date, on_t.date) AS entry_date,
+            after_t[getvariable('reward_horizon_days')].date AS exit_date,
+            IF(getvariable('reward_entry') = 'next_open', after_t[1].open_a, on_t.close_a) AS entry_a,
+            IF(getvariable('reward_entry') = 'next_open', after_t[1].open_b, on_t.close_b) AS entry_b,
+            after_t[getvariable('reward_horizon_days')].close_a AS exit_a,
+            after_t[getvariable('reward_horizon_days')].close_b AS exit_b,
+            getvariable('reward_entry') = 'next_open' AND after_t[1].open_imputed AS open_imputed
+        FROM walked
+        WHERE len(after_t) >= getvariable('reward_horizon_days')
+          AND (getvariable('reward_entry') = 'next_open' OR on_t IS NOT NULL)
+    ) AS x USING (market_id)
 ),
 -- Daily volatility for the risk penalty: sample std of the leg's close-to-close adjusted returns (per $1 per day)
 -- over the state's history window, i.e. the history_days returns ending at T. Computed only when the penalty is on.
 daily_returns AS (
-    SELECT ticker, date, day_no,
-           close_adj / lag(close_adj) OVER (PARTITION BY ticker ORDER BY date) - 1.0 AS return_1d
-    FROM px
+    SELECT ticker, date,
+           row_number() OVER own_days AS day_no,
+           close_adj / lag(close_adj) OVER own_days - 1.0 AS return_1d
+    FROM adjusted
+    SEMI JOIN listed USING (ticker)
     WHERE getvariable('reward_risk_lambda') <> 0
+    WINDOW own_days AS (PARTITION BY ticker ORDER BY date)
 ),
 volatility AS (
     SELECT l.market_id, l.ticker, stddev_samp(r.return_1d) AS sigma_1d
     FROM (
         SELECT market_id, ticker_a AS ticker, decision_date, history_days FROM legs
+        WHERE getvariable('reward_risk_lambda') <> 0
         UNION
         SELECT market_id, ticker_b, decision_date, history_days FROM legs
+        WHERE getvariable('reward_risk_lambda') <> 0
     ) AS l
     ASOF JOIN daily_returns AS t ON t.ticker = l.ticker AND t.date <= l.decision_date,
     unnest(range(t.day_no - l.history_days + 1, t.day_no + 1)) AS w(day_no)

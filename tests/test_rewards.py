@@ -11,6 +11,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from hitchhiker import db, rewards
@@ -59,9 +60,29 @@ def _load_prices(con, shared: Path) -> None:
         r = json.loads((shared / "yahoo_chart" / name).read_text())["response"]["bodyJson"]["chart"]["result"][0]
         q, adj = r["indicators"]["quote"][0], r["indicators"]["adjclose"][0]["adjclose"]
         for i, ts in enumerate(r["timestamp"]):
-            rows.append((r["meta"]["symbol"], datetime.fromtimestamp(ts, timezone.utc).date(), q["open"][i], q["close"][i], adj[i]))
-    con.executemany("INSERT INTO prices (ticker, date, open, close, adj_close, source, ingested_at) "
-                    "VALUES (?, ?, ?, ?, ?, 'yahoo', now())", rows)
+            rows.append({"ticker": r["meta"]["symbol"], "date": datetime.fromtimestamp(ts, timezone.utc).date(),
+                         "open": q["open"][i], "close": q["close"][i], "adj_close": adj[i]})
+    _insert(con, "INSERT INTO prices (ticker, date, open, close, adj_close, source, ingested_at) "
+                 "SELECT ticker, date, open, close, adj_close, 'yahoo', now() FROM batch", rows, PRICE_SCHEMA)
+
+
+# One INSERT ... SELECT per batch: executemany runs one statement per row (tens of seconds for the fixture).
+PRICE_SCHEMA = pa.schema([("ticker", pa.string()), ("date", pa.date32()), ("open", pa.float64()),
+                          ("close", pa.float64()), ("adj_close", pa.float64())])
+REPLAY_SCHEMA = pa.schema([("rollout_id", pa.string()), ("state_id", pa.string()), ("group_id", pa.string()),
+                           ("decision_date", pa.date32()), ("pair", pa.string()), ("mode", pa.string()),
+                           ("policy_version", pa.string()), ("sample_index", pa.int32()), ("action", pa.string()),
+                           ("proportion", pa.float64()), ("position", pa.float64()), ("valid", pa.bool_())])
+STATE_SCHEMA = pa.schema([("state_id", pa.string()), ("decision_date", pa.date32()), ("mode", pa.string()),
+                          ("tickers", pa.list_(pa.string())), ("pair", pa.string()), ("history_days", pa.int32())])
+
+
+def _insert(con, sql: str, rows: list[dict], schema: pa.Schema) -> None:
+    con.register("batch", pa.Table.from_pylist(rows, schema=schema))
+    try:
+        con.execute(sql)
+    finally:
+        con.unregister("batch")
 
 
 def _decisions(con) -> list[dict]:
@@ -95,15 +116,18 @@ def _store_decisions(con, rows: list[dict]) -> None:
     con.execute("CREATE TABLE replay (rollout_id VARCHAR, state_id VARCHAR, group_id VARCHAR, decision_date DATE, "
                 "pair VARCHAR, mode VARCHAR, policy_version VARCHAR, sample_index INTEGER, action VARCHAR, "
                 "proportion DOUBLE, position DOUBLE, valid BOOLEAN)")
-    con.executemany("INSERT INTO replay VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-        (r["rollout_id"], r["state_id"], r["group_id"], r["decision_date"], "-".join(sorted(r["tickers"])), r["mode"],
-         r["policy_version"], int(r["rollout_id"][-1]), r["action"], r["proportion"], r["position"], r["valid"]) for r in rows])
+    _insert(con, "INSERT INTO replay BY NAME SELECT * FROM batch", [
+        {**{k: r[k] for k in ("rollout_id", "state_id", "group_id", "decision_date", "mode", "policy_version", "action",
+                              "proportion", "position", "valid")},
+         "pair": "-".join(sorted(r["tickers"])), "sample_index": int(r["rollout_id"][-1])} for r in rows], REPLAY_SCHEMA)
     states = {r["state_id"]: r for r in rows}
-    con.executemany(
-        "INSERT INTO states (state_id, decision_date, decision_time, mode, style, tickers, pair, action_format, horizon_days, "
-        "history_days, messages, features, anonymized, prompt_tokens, builder_version, created_at) "
-        "VALUES (?, ?, now(), ?, 'trend', ?, ?, 'choice', 1, ?, '[]', '{}', true, 1, 'test', now())",
-        [(s, r["decision_date"], r["mode"], r["tickers"], "-".join(sorted(r["tickers"])), HISTORY_DAYS) for s, r in states.items()])
+    _insert(con,
+            "INSERT INTO states (state_id, decision_date, decision_time, mode, style, tickers, pair, action_format, horizon_days, "
+            "history_days, messages, features, anonymized, prompt_tokens, builder_version, created_at) "
+            "SELECT state_id, decision_date, now(), mode, 'trend', tickers, pair, 'choice', 1, history_days, '[]', '{}', true, 1, "
+            "'test', now() FROM batch",
+            [{"state_id": s, "decision_date": r["decision_date"], "mode": r["mode"], "tickers": r["tickers"],
+              "pair": "-".join(sorted(r["tickers"])), "history_days": HISTORY_DAYS} for s, r in states.items()], STATE_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +146,17 @@ def store(shared_data, tmp_path_factory):
 
 # ---- the reference: plain Python, written from the issue's definitions, not from the SQL ----------------------
 
-def reference(row: dict, prices: dict, spec: rewards.RewardSpec) -> dict | None:
-    """The reward of one decision, or None when it has not matured (or cannot be priced at T's close)."""
+def reference(row: dict, prices: dict, spec: rewards.RewardSpec, cache: dict | None = None) -> dict | None:
+    """The reward of one decision, or None when it has not matured (or cannot be priced at T's close).
+
+    cache: a dict kept across calls on the same `prices`, so that each pair's calendar is built once.
+    """
     legs = row["tickers"]
-    by_date = [{d: (o, c, a) for d, o, c, a in prices[t]} for t in legs]
-    common = sorted(set.intersection(*(set(b) for b in by_date)))
+    cache = {} if cache is None else cache
+    if tuple(legs) not in cache:
+        by_date = [{d: (o, c, a) for d, o, c, a in prices[t]} for t in legs]
+        cache[tuple(legs)] = by_date, sorted(set.intersection(*(set(b) for b in by_date)))
+    by_date, common = cache[tuple(legs)]
     t_day = row["decision_date"]
     later = [d for d in common if d > t_day]
     if len(later) < spec.horizon_days:
@@ -154,9 +184,11 @@ def reference(row: dict, prices: dict, spec: rewards.RewardSpec) -> dict | None:
     ret = [x / e - 1 for x, e in zip(exit_, entry)]
     sigma = []
     for t in legs:
-        closes = [adj((o, c, a), "close") for d, o, c, a in prices[t] if d <= t_day]
-        rets = [closes[i] / closes[i - 1] - 1 for i in range(max(1, len(closes) - HISTORY_DAYS), len(closes))]
-        sigma.append(statistics.stdev(rets) if len(rets) >= 2 else 0.0)
+        if ("sigma", t, t_day) not in cache:
+            closes = [adj((o, c, a), "close") for d, o, c, a in prices[t] if d <= t_day]
+            rets = [closes[i] / closes[i - 1] - 1 for i in range(max(1, len(closes) - HISTORY_DAYS), len(closes))]
+            cache["sigma", t, t_day] = statistics.stdev(rets) if len(rets) >= 2 else 0.0
+        sigma.append(cache["sigma", t, t_day])
     if not row["valid"]:
         w = [0.0, 0.0]
     elif row["mode"] == "elementwise":
@@ -184,7 +216,8 @@ def test_sql_agrees_with_python_reference(store, spec):
     con, rows, prices = store
     counts = rewards.compute_rewards(con, spec)
     got = _sql_rows(con, spec)
-    want = {r["rollout_id"]: reference(r, prices, spec) for r in rows}
+    cache = {}
+    want = {r["rollout_id"]: reference(r, prices, spec, cache) for r in rows}
     matured = {k for k, v in want.items() if v is not None}
     assert set(got) == matured
     assert counts["inserted"] == len(matured) and counts["waiting"] == len(rows) - len(matured)
@@ -257,6 +290,20 @@ def test_rerun_changes_nothing(store):
     assert before == after
     assert again["inserted"] == 0 and again["pending"] == first["waiting"] and again["total"] == first["total"]
 
+
+def test_repeated_rollout_is_refused(store, tmp_path):
+    con, rows, prices = store
+    dup = db.connect(tmp_path / "dup.duckdb")
+    dup.register("p", con.execute("SELECT * FROM prices WHERE ticker IN ('BMY', 'ICE')").df())
+    dup.execute("INSERT INTO prices SELECT * FROM p")
+    sub = [r for r in rows if r["tickers"] == ["BMY", "ICE"]][:8]
+    _store_decisions(dup, sub + sub[:1])  # the same rollout twice in the replay buffer
+    with pytest.raises(ValueError, match=f"more than once.*{sub[0]['rollout_id']}"):
+        rewards.compute_rewards(dup, rewards.RewardSpec())
+    assert dup.execute("SELECT count(*) FROM rewards").fetchall() == [(0,)]  # nothing half-written
+    dup.execute("CREATE OR REPLACE TABLE replay AS SELECT DISTINCT * FROM replay")
+    assert rewards.compute_rewards(dup, rewards.RewardSpec())["inserted"] == len(sub)
+    dup.close()
 
 def test_spec_name_is_versioned():
     base = rewards.RewardSpec()

@@ -15,8 +15,10 @@ legs AS (
 days AS (
     SELECT
         l.state_id, l.leg, l.horizon_days,
-        coalesce(p.open, p.close) * p.adj_close / p.close AS adj_open,  -- adjusted like the close
-        p.adj_close,
+        -- adjusted like the close; sources without adj_close (the sp500_5yr files) count as unadjusted, as in
+        -- sql/rewards.sql
+        coalesce(p.open, p.close) * coalesce(p.adj_close / p.close, 1.0) AS adj_open,
+        coalesce(p.adj_close, p.close) AS adj_close,
         row_number() OVER (PARTITION BY l.state_id, l.leg ORDER BY p.date) AS k
     FROM legs AS l
     JOIN prices AS p

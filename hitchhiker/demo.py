@@ -1,0 +1,201 @@
+"""`hitchhiker demo`: the whole loop, offline, on the shipped data (hitchhiker/data/) and the default small model.
+
+ingest prices and news -> company names (for anonymization) -> pairwise states -> a few loop iterations
+(rollouts -> SQL rewards -> GRPO -> held-out accuracy; `hitchhiker.loop.run_loop`) -> the last checkpoint
+evaluated against the base model and the rule baselines on held-out dates, and the promotion gate
+(`hitchhiker.evaluate`: a markdown report with plots).
+
+Re-running starts clean, explicitly: the demo deletes what its previous run wrote (the paths listed in
+`<out>/demo.json`, written before anything else) and runs again, so every run leaves one store with one run's
+rows. It refuses to delete a path that exists but that no demo manifest names (someone's own database), and a
+database another process holds.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from hitchhiker import db
+from hitchhiker.db import StoreError
+
+MANIFEST = "demo.json"
+
+# Names the shipped tickers go by in headlines, so anonymization can replace them with "Stock A"/"Stock B".
+COMPANY_NAMES = {
+    "A": ["Agilent", "Agilent Technologies"],
+    "AAP": ["Advance Auto Parts"],
+    "AAPL": ["Apple"],
+    "ABBV": ["AbbVie"],
+    "ABC": ["AmerisourceBergen"],
+    "AMZN": ["Amazon", "Amazon.com"],
+    "JNJ": ["Johnson & Johnson", "J&J"],
+    "JPM": ["JPMorgan", "JPMorgan Chase", "J.P. Morgan"],
+    "MSFT": ["Microsoft"],
+    "XOM": ["Exxon", "Exxon Mobil", "ExxonMobil"],
+}
+
+
+@dataclass
+class DemoConfig:
+    """Dates and sizes picked so that the demo, first build of the default model included, fits 5 min on 2 cores."""
+
+    out_dir: str = "hitchhiker-demo"
+    db: str | None = None  # default: <out_dir>/hitchhiker.duckdb (its replay buffer goes beside it)
+    iterations: int = 3
+    states_per_iteration: int = 16  # one group of `group_size` rollouts per state
+    group_size: int = 16
+    # The shipped prices run 2013-02-08..2018-02-07. Held-out dates start after the last training reward's exit.
+    train_start: str = "2017-06-01"
+    train_end: str = "2017-09-29"
+    eval_start: str = "2017-11-01"
+    eval_end: str = "2018-02-06"
+    n_boot: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class DemoResult:
+    db: Path
+    replay_root: Path
+    loop_dir: Path
+    report: Path
+    checkpoint_id: str
+    counts: dict[str, int]  # rows per table/view
+    history: list[dict]  # the loop's held-out accuracy per evaluation
+    subjects: list[str]  # evaluated: checkpoint, base model, baselines
+    table: list[list[str]]  # the report's metrics table, one row per subject (report.TABLE_COLUMNS)
+    gate: str  # the promotion gate's verdict
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+
+
+def paths(config: DemoConfig) -> dict[str, Path]:
+    """Everything the demo writes, absolute: the replay view stores its folder's path, so it must not depend on cwd."""
+    out = Path(config.out_dir).resolve()
+    db_file = Path(config.db).resolve() if config.db else out / "hitchhiker.duckdb"
+    from hitchhiker.replay import default_root
+
+    return {"out": out, "db": db_file, "wal": db_file.with_name(db_file.name + ".wal"),
+            "replay": default_root(db_file), "loop": out / "loop", "reports": out / "reports"}
+
+
+def start_clean(config: DemoConfig) -> dict[str, Path]:
+    """Delete what a previous demo run wrote (and nothing else), then record what this run will write."""
+    p = paths(config)
+    manifest = p["out"] / MANIFEST
+    owned = set(json.loads(manifest.read_text())["paths"]) if manifest.is_file() else set()
+    targets = [p[k] for k in ("db", "wal", "replay", "loop", "reports")]
+    foreign = [t for t in targets if t.exists() and str(t) not in owned]
+    if foreign:
+        raise StoreError(f"{foreign[0]} exists and no demo manifest ({manifest}) names it, so the demo will not "
+                         f"delete it: pass another --out or --db, or remove it yourself")
+    if p["db"].exists():
+        db.connect(p["db"], migrate_schema=False).close()  # a held file is a clear StoreLockedError, before any delete
+    for t in targets:
+        if t.is_dir():
+            shutil.rmtree(t)
+        else:
+            t.unlink(missing_ok=True)
+    p["out"].mkdir(parents=True, exist_ok=True)
+    # Written before anything else, so that a killed run is still cleaned up by the next one.
+    manifest.write_text(json.dumps({"paths": [str(t) for t in targets]}, indent=1) + "\n")
+    return p
+
+
+def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo end to end; `log` receives one line per step."""
+    p = start_clean(config)  # before the slow imports: a refusal comes at once
+    import torch
+
+    threads = torch.get_num_threads()
+    # The default model is 128 wide: one thread is faster than several, and on shared cores (CI, a busy laptop)
+    # spinning threads made greedy decoding 4-5x slower (measured, 2 cores under load).
+    torch.set_num_threads(1)
+    try:
+        return _run(config, p, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> DemoResult:
+    from hitchhiker import demo_data, evaluate, news, prices, report, states
+    from hitchhiker.loop import LoopConfig, run_loop
+    from hitchhiker.policy import BUILDER_VERSION, default_model_path, hitchhiker_home
+
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    cached = (hitchhiker_home() / "models" / BUILDER_VERSION / "config.json").is_file()
+    log(f"default small model: {'cached' if cached else 'building it once (cached for later runs)'} ...")
+    model = default_model_path()
+    seconds["model"] = time.perf_counter() - t
+    log(f"  {model} ({seconds['model']:.0f} s)")
+
+    con = db.connect(p["db"])
+    try:
+        t = time.perf_counter()
+        shipped = demo_data.paths()
+        log(prices.ingest_csv(con, shipped["prices_dir"]).summary())
+        log(news.ingest_feeds(con, [str(f) for f in shipped["feeds"]]).summary())
+        headlines = demo_data.shared_news_csv()  # not shipped (licence not stated): used only beside a checkout
+        if headlines is not None:
+            log(news.ingest_csv(con, headlines).summary())
+        states.set_company_names(con, COMPANY_NAMES)
+        seconds["ingest"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        cfg = LoopConfig(train_dates=states.trading_days(con, config.train_start, config.train_end),
+                         eval_dates=states.trading_days(con, config.eval_start, config.eval_end),
+                         iterations=config.iterations, states_per_iteration=config.states_per_iteration,
+                         eval_every=config.iterations, seed=config.seed)
+        cfg.sampling.group_size = config.group_size
+        log(f"loop: {config.iterations} iterations of {config.states_per_iteration} pairwise states x "
+            f"{config.group_size} rollouts, training dates {config.train_start}..{config.train_end}, held out "
+            f"{config.eval_start}..{config.eval_end}")
+        res = run_loop(con, cfg, p["loop"], p["replay"], on_iteration=lambda r: log(
+            f"  iteration {r['iteration']}: {r['seconds']:.0f} s, held-out accuracy {r['accuracy']:.3f} "
+            f"(n={r['n']}), valid format {r['valid_rate']:.2f}"))
+        seconds["loop"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        log(f"evaluating {res.checkpoint_id} against the base model and the baselines, then the promotion gate ...")
+        run, gate = evaluate.promotion_gate(con, res.checkpoint_id, config.eval_start, config.eval_end,
+                                            evaluate.EvalConfig(style=cfg.states.style, n_boot=config.n_boot,
+                                                                seed=config.seed, reports_dir=str(p["reports"])))
+        seconds["evaluate"] = time.perf_counter() - t
+        counts = {name: con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in (
+            "prices", "news", "states", "replay", "rewards", "advantages", "checkpoints", "evaluations", "promotions")}
+    finally:
+        con.close()
+    return DemoResult(db=p["db"], replay_root=p["replay"], loop_dir=p["loop"], report=run.report_path,
+                      checkpoint_id=res.checkpoint_id, counts=counts, history=res.history,
+                      subjects=[r.subject for r in run.results], table=report.table_rows(run.results),
+                      gate=gate.reason, seconds=seconds)
+
+
+def summary(result: DemoResult, ui: str = "http://127.0.0.1:4200") -> list[str]:
+    """What the demo prints at the end: where everything is and how to look at it."""
+    first, last = result.history[0], result.history[-1]
+    queries = db.SQL_DIR / "queries"
+    rows = [["policy", "accuracy [95% CI]", "mean reward_usd [95% CI]"]] + [r[:3] for r in result.table]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [
+        "",
+        *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows),
+        "",
+        f"held-out accuracy: {first['accuracy']:.3f} before training -> {last['accuracy']:.3f} after "
+        f"{last['iteration']} iterations (n={last['n']})",
+        f"promotion gate: {result.gate}",
+        "rows: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()),
+        "",
+        f"report:       {result.report}",
+        f"database:     {result.db}",
+        f"replay:       {result.replay_root}",
+        f"checkpoints:  {result.loop_dir}  (last: {result.checkpoint_id})",
+        f"TensorBoard:  {result.loop_dir / 'tensorboard'}",
+        f"UI:           {ui}  (`hitchhiker server`; it shows the flows' runs: the demo itself calls the library)",
+        f"SQL:          hitchhiker sql --db {result.db} @{queries / 'latest_evaluation_per_checkpoint.sql'}",
+        f"              (more in {queries})",
+    ]

@@ -1,0 +1,179 @@
+"""`hitchhiker demo` as a newcomer runs it, and the example queries in sql/queries/ on the store it leaves.
+
+The demo runs once per module, as a subprocess in an empty folder with an empty model cache (so the first-time
+build of the default small model is inside the measured time), offline.
+"""
+from __future__ import annotations
+
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from hitchhiker import db
+from hitchhiker.demo import MANIFEST, DemoConfig, paths, start_clean
+from hitchhiker.policy import BUILDER_VERSION
+
+HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
+BUDGET_S = 300  # the acceptance: under 5 minutes on 2 cores, model build included
+QUERIES = sorted((db.SQL_DIR / "queries").glob("*.sql"))
+PRINTED = re.compile(r"^(report|database|replay|checkpoints|TensorBoard):\s+(\S+)", re.M)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("fresh-clone")
+    home = tmp_path_factory.mktemp("fresh-hitchhiker-home")
+    env = {**os.environ, "HITCHHIKER_HOME": str(home)}
+    env.pop("HITCHHIKER_DB", None)
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    p = subprocess.run([HITCHHIKER, "demo"], cwd=cwd, env=env, capture_output=True, text=True, timeout=BUDGET_S + 300)
+    seconds = time.perf_counter() - started
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = cpu.ru_utime - cpu_before.ru_utime + cpu.ru_stime - cpu_before.ru_stime
+    print(f"hitchhiker demo: {seconds:.0f} s wall, {cpu_s:.0f} s CPU")
+    return {"p": p, "seconds": seconds, "cpu_s": cpu_s, "cwd": cwd, "home": home,
+            "printed": dict(PRINTED.findall(p.stdout)), "db": cwd / "hitchhiker-demo" / "hitchhiker.duckdb"}
+
+
+@pytest.mark.slow
+def test_demo_completes_offline_from_scratch_within_budget(demo):
+    p = demo["p"]
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "building it once" in p.stdout  # the model cache was empty: the build is in the measured time
+    assert (demo["home"] / "models" / BUILDER_VERSION / "config.json").is_file()
+    assert demo["seconds"] < BUDGET_S, f"demo took {demo['seconds']:.0f} s ({demo['cpu_s']:.0f} s CPU), budget {BUDGET_S} s"
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_prints_where_everything_is(demo):
+    printed = demo["printed"]
+    assert set(printed) == {"report", "database", "replay", "checkpoints", "TensorBoard"}, demo["p"].stdout[-2000:]
+    for name, path in printed.items():
+        assert Path(path).exists(), f"{name}: {path}"
+    out = demo["cwd"] / "hitchhiker-demo"
+    assert Path(printed["database"]) == demo["db"] and Path(printed["report"]).is_relative_to(out)
+    assert "http://127.0.0.1:4200" in demo["p"].stdout and "hitchhiker server" in demo["p"].stdout
+
+
+@pytest.mark.slow
+def test_demo_report_compares_the_checkpoint_with_the_base_model_and_baselines(demo):
+    con = duckdb.connect(str(demo["db"]), read_only=True)
+    (last,) = con.execute("SELECT checkpoint_id FROM checkpoints ORDER BY created_at DESC LIMIT 1").fetchall()[0]
+    con.close()
+    report = Path(demo["printed"]["report"])
+    text = report.read_text()
+    assert f"candidate: `{last}`" in text
+    rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert {last, f"base:hitchhiker-tiny@{BUILDER_VERSION}", "baseline:random", "baseline:always_a",
+            "baseline:momentum"} <= rows
+    assert "## Promotion gate" in text
+    for png in ("equity.png", "training_reward.png", "actions.png"):
+        assert (report.parent / png).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_demo_store_holds_every_stage_once(demo):
+    con = duckdb.connect(str(demo["db"]), read_only=True)
+    q = lambda sql: con.execute(sql).fetchall()  # noqa: E731
+    d = DemoConfig()
+    assert q("SELECT count(DISTINCT ticker), count(*) FROM prices") == [(10, 12590)]
+    assert q("SELECT count(*) FROM news")[0][0] > 0
+    assert q("SELECT count(*) FROM company_names WHERE ticker = 'AAPL'")[0][0] >= 1
+    rollouts = d.iterations * d.states_per_iteration * d.group_size
+    # every rollout stored once, matured and rewarded once; a group per state and policy version
+    assert q("SELECT count(*), count(DISTINCT rollout_id), count(DISTINCT group_id) FROM replay") == [
+        (rollouts, rollouts, d.iterations * d.states_per_iteration)]
+    assert q("SELECT count(*), count(DISTINCT rollout_id) FROM rewards") == [(rollouts, rollouts)]
+    # one checkpoint per iteration, each continuing the previous one
+    chain = q("SELECT checkpoint_id, parent_id FROM checkpoints ORDER BY created_at")
+    assert len(chain) == d.iterations and [c[1] for c in chain[1:]] == [c[0] for c in chain[:-1]]
+    kinds = q("SELECT subject_kind, count(*) FROM evaluations GROUP BY ALL ORDER BY 1")
+    assert kinds == [("base", 1), ("baseline", 5), ("checkpoint", 1)]
+    assert q("SELECT count(*) FROM promotions") == [(1,)]
+    con.close()
+    owned = (demo["cwd"] / "hitchhiker-demo" / MANIFEST).read_text()
+    assert str(demo["db"]) in owned and "hitchhiker_replay" in owned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("query", QUERIES, ids=[q.stem for q in QUERIES])
+def test_every_example_query_runs_on_the_demo_database(demo, query):
+    text = query.read_text()
+    assert text.startswith("-- "), f"{query.name} has no header comment"
+    con = duckdb.connect(str(demo["db"]), read_only=True)  # python duckdb, read-only
+    rel = con.sql(text)
+    columns, rows = rel.columns, rel.fetchall()
+    con.close()
+    assert rows, f"{query.name} returned nothing on the demo database"
+    # the same text through `hitchhiker sql "$(cat file)"` (read-only by default)
+    p = subprocess.run([HITCHHIKER, "sql", "--db", str(demo["db"]), "--csv", text], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == ",".join(columns) and len(p.stdout.splitlines()) >= 2
+
+
+@pytest.mark.slow
+def test_sql_refuses_writes_to_the_demo_database_without_write(demo):
+    for statement in ("DELETE FROM prices", "DROP VIEW replay"):
+        p = subprocess.run([HITCHHIKER, "sql", "--db", str(demo["db"]), statement], capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 2 and "--write" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    con = duckdb.connect(str(demo["db"]), read_only=True)
+    assert con.execute("SELECT count(*) FROM prices").fetchall() == [(12590,)]
+    assert con.execute("SELECT count(*) FROM replay").fetchall()[0][0] > 0
+    con.close()
+
+
+def test_example_queries_exist():
+    assert len(QUERIES) >= 5 and {"reward_by_date_and_pair", "invalid_rate_by_policy_version", "zero_variance_groups",
+                                  "latest_evaluation_per_checkpoint", "replay_rows_per_partition"} <= {q.stem for q in QUERIES}
+
+
+# --- starting clean ----------------------------------------------------------------------------------------------
+
+
+def test_start_clean_deletes_only_what_the_previous_demo_wrote(tmp_path):
+    config = DemoConfig(out_dir=str(tmp_path / "demo"))
+    p = start_clean(config)  # empty folder: nothing to delete, the manifest is written first
+    assert (p["out"] / MANIFEST).is_file()
+    duckdb.connect(str(p["db"])).close()
+    for folder in ("replay", "loop", "reports"):
+        (p[folder] / "sub").mkdir(parents=True)
+        (p[folder] / "sub" / "f.parquet").write_bytes(b"x")
+    keep = p["out"] / "notes.txt"
+    keep.write_text("mine")
+    start_clean(config)
+    assert not any(p[k].exists() for k in ("db", "wal", "replay", "loop", "reports"))
+    assert keep.read_text() == "mine" and (p["out"] / MANIFEST).is_file()
+
+
+def test_start_clean_refuses_a_database_the_demo_did_not_write(tmp_path):
+    mine = tmp_path / "my.duckdb"
+    con = duckdb.connect(str(mine))
+    con.execute("CREATE TABLE t AS SELECT 42 AS answer")
+    con.close()
+    with pytest.raises(db.StoreError, match="my.duckdb"):
+        start_clean(DemoConfig(out_dir=str(tmp_path / "demo"), db=str(mine)))
+    assert duckdb.connect(str(mine), read_only=True).execute("SELECT answer FROM t").fetchall() == [(42,)]
+    # and through the command: a clear error, exit code 2, nothing deleted
+    p = subprocess.run([HITCHHIKER, "demo", "--out", str(tmp_path / "demo"), "--db", str(mine)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "my.duckdb" in p.stderr and "Traceback" not in p.stderr
+    assert mine.is_file()
+
+
+def test_demo_paths_are_absolute_so_the_replay_view_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = paths(DemoConfig())
+    assert all(v.is_absolute() for v in p.values())
+    assert p["db"] == tmp_path / "hitchhiker-demo" / "hitchhiker.duckdb"
+    assert p["replay"] == tmp_path / "hitchhiker-demo" / "hitchhiker_replay"
