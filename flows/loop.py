@@ -1,7 +1,8 @@
 """Flow `loop`: the learning loop (states -> rollouts -> rewards -> GRPO -> checkpoint -> held-out accuracy).
 
-A thin wrapper over hitchhiker.loop: one task runs the iterations under the store slot (each iteration reads and
-writes the store); artifacts: the held-out accuracy per evaluation (table) and a progress artifact.
+A thin wrapper over hitchhiker.loop (policy 'beta-head': hitchhiker.beta_loop): one task runs the iterations under
+the store slot (each iteration reads and writes the store); artifacts: the held-out accuracy (Beta head: mean
+reward) per evaluation (table) and a progress artifact.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from flows.slots import store_slot
 @task
 def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: int, train_start: str | None,
                    train_end: str | None, eval_start: str | None, eval_end: str | None, model: str | None,
-                   eval_every: int, out_dir: str | None) -> dict:
+                   eval_every: int, out_dir: str | None, policy: str = "llm") -> dict:
     """Run the loop; returns the last checkpoint id and the evaluation rows (small numbers)."""
     from pathlib import Path
 
@@ -28,6 +29,9 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
     with store_slot():
         con = db.connect(db_path)
         try:
+            if policy == "beta-head":
+                return _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end,
+                                 out_dir, progress)
             if synthetic:
                 cfg = synthetic_setup(con, SyntheticMarket(seed=seed), iterations=iterations, model=model,
                                       eval_every=eval_every, seed=seed)
@@ -44,12 +48,48 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
     return {"checkpoint_id": res.checkpoint_id, "history": rows, "out_dir": res.out_dir}
 
 
+def _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, out_dir, progress) -> dict:
+    """The Beta position head's loop (hitchhiker.beta_loop) on the same store, replay and registry."""
+    from pathlib import Path
+
+    from hitchhiker import beta_loop, db
+    from hitchhiker.replay import default_root
+    from hitchhiker.states import trading_days
+    from hitchhiker.synthetic import SyntheticMarket
+
+    if synthetic:
+        cfg = beta_loop.synthetic_setup(con, SyntheticMarket(seed=seed), iterations=iterations, seed=seed)
+    else:
+        cfg = beta_loop.BetaLoopConfig(train_dates=trading_days(con, train_start, train_end),
+                                       eval_dates=trading_days(con, eval_start, eval_end), iterations=iterations, seed=seed)
+    out = Path(out_dir) if out_dir else db.db_path(db_path).parent / f"{db.db_path(db_path).stem}_loop"
+    res = beta_loop.run_beta_loop(con, cfg, out, default_root(db_path),
+                                  on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
+    keys = ("iteration", "seconds", "mean_reward_usd", "random_mean_reward_usd", "mean_position", "n", "checkpoint_id")
+    return {"checkpoint_id": res.checkpoint_id, "history": [{k: h[k] for k in keys} for h in res.history],
+            "out_dir": res.out_dir, "report_path": res.report_path}
+
+
 @flow(name="loop")
 def loop_flow(iterations: int = 10, db: str | None = None, synthetic: bool = False, seed: int = 0,
               train_start: str | None = None, train_end: str | None = None, eval_start: str | None = None,
-              eval_end: str | None = None, model: str | None = None, eval_every: int = 5, out_dir: str | None = None) -> dict:
-    """`hitchhiker loop` as a flow: N iterations, held-out greedy accuracy as a table artifact."""
-    out = run_iterations(db, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, model, eval_every, out_dir)
+              eval_end: str | None = None, model: str | None = None, eval_every: int = 5, out_dir: str | None = None,
+              policy: str = "llm") -> dict:
+    """`hitchhiker loop` as a flow: N iterations, held-out greedy accuracy (policy 'beta-head': the Beta head's
+    held-out mean reward beside the random baseline's) as a table artifact."""
+    if policy not in ("llm", "beta-head"):
+        raise ValueError(f"policy {policy!r} is not 'llm' or 'beta-head'")
+    out = run_iterations(db, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, model, eval_every,
+                         out_dir, policy)
+    if policy == "beta-head":
+        create_table_artifact(table=out["history"], key="loop-beta-head", description="held-out mean reward_usd")
+        last = out["history"][-1]
+        get_run_logger().info("loop (beta-head): held-out mean reward %+.5f (random %+.5f) after %d iterations; "
+                              "checkpoint %s", last["mean_reward_usd"], last["random_mean_reward_usd"],
+                              last["iteration"], out["checkpoint_id"])
+        return {"checkpoint_id": out["checkpoint_id"], "mean_reward_usd": last["mean_reward_usd"],
+                "random_mean_reward_usd": last["random_mean_reward_usd"], "out_dir": out["out_dir"],
+                "report_path": out["report_path"]}
     create_table_artifact(table=out["history"], key="loop-accuracy", description="held-out greedy pairwise accuracy")
     last = out["history"][-1]
     get_run_logger().info("loop: accuracy %.3f after %d iterations; checkpoint %s", last["accuracy"], last["iteration"], out["checkpoint_id"])

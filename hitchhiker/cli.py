@@ -181,6 +181,53 @@ def _cmd_states_build(args) -> int:
     return 0
 
 
+# --- rollouts --------------------------------------------------------------------------------------------
+
+def _add_rollouts(sub, parent) -> None:
+    p = sub.add_parser("rollouts", help="sample groups of completions into the replay buffer")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    g = verbs.add_parser("generate", parents=[parent], help="a group for every state of the dates with none yet "
+                                                            "for the policy (idempotent)")
+    when = g.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", help="one decision date, YYYY-MM-DD")
+    when.add_argument("--start", help="first date of a range (with --end)")
+    g.add_argument("--end", help="last date of the range, inclusive")
+    g.add_argument("--group-size", type=int, default=8, help="completions per state (default 8)")
+    g.add_argument("--model", help="base model: hub id or local folder (default: the default small model)")
+    g.add_argument("--checkpoint", help="checkpoint folder (or a checkpoint_id of the checkpoints table) on top")
+    g.add_argument("--mode", choices=["pairwise", "elementwise"], help="only states of this mode (default: both)")
+    g.add_argument("--replay-root", help="replay Parquet root (default: <db stem>_replay/ beside the db)")
+    g.add_argument("--max-states", type=int, help="sample at most this many new groups in this run")
+    g.add_argument("--max-new-tokens", type=int, help="completion length limit (default 48)")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_cmd_rollouts_generate)
+
+
+def _cmd_rollouts_generate(args) -> int:
+    from tqdm import tqdm
+
+    from hitchhiker.policy import PolicyConfig
+    from hitchhiker.rollouts import SamplingConfig, generate_dates
+
+    if args.start and not args.end:
+        raise ValueError("--start needs --end (YYYY-MM-DD)")
+    first, last = (args.date, args.date) if args.date else (args.start, args.end)
+    config = SamplingConfig(group_size=args.group_size, seed=args.seed,
+                            **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
+    with tqdm(unit="group", desc="sampling") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        s = generate_dates(args.db, first, last, PolicyConfig(model=args.model, checkpoint=args.checkpoint), config,
+                           args.replay_root, mode=args.mode, max_states=args.max_states, progress=progress)
+    valid = "-" if s["valid_rate"] is None else f"{s['valid_rate']:.3f}"
+    print(f"{s['states']} states {first}..{last}: {s['groups_written']} groups written, {s['groups_skipped']} already "
+          f"there, {s['states_left']} left for a later run; {s['rollouts']} rollouts by {s['policy_version']}, valid "
+          f"rate {valid}, {s['tokens_per_s']:.0f} completion tokens/s -> {s['root']}")
+    return 0
+
+
 # --- server / prefect-setup ------------------------------------------------------------------------------
 
 def _add_server(sub, parent) -> None:
@@ -328,6 +375,10 @@ def _add_loop(sub, parent) -> None:
     p.add_argument("--style", default="trend", choices=["full", "trend"])
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--out", default=None, help="run folder (default: <db stem>_loop/)")
+    p.add_argument("--policy", default="llm", choices=["llm", "beta-head"],
+                   help="llm: GRPO on the language model; beta-head: the Beta(alpha, beta) position head (elementwise)")
+    p.add_argument("--embedding-model", default=None,
+                   help="beta-head: also read this causal LM's prompt embedding ('default' = the default small model)")
     p.set_defaults(func=_cmd_loop)
 
 
@@ -341,6 +392,8 @@ def _cmd_loop(args) -> int:
     from hitchhiker.synthetic import SyntheticMarket
     from hitchhiker.states import trading_days
 
+    if args.policy == "beta-head":
+        return _cmd_loop_beta(args)
     con = db.connect(args.db)
     try:
         if args.synthetic:
@@ -362,6 +415,35 @@ def _cmd_loop(args) -> int:
     finally:
         con.close()
     print(f"last checkpoint: {res.checkpoint_id}; TensorBoard logs: {Path(res.out_dir) / 'tensorboard'}")
+    return 0
+
+
+def _cmd_loop_beta(args) -> int:
+    from pathlib import Path
+
+    from hitchhiker import beta_loop, db
+    from hitchhiker.replay import default_root
+    from hitchhiker.states import trading_days
+    from hitchhiker.synthetic import SyntheticMarket
+
+    con = db.connect(args.db)
+    try:
+        common = dict(iterations=args.iterations, seed=args.seed, embedding_model=args.embedding_model)
+        if args.synthetic:
+            cfg = beta_loop.synthetic_setup(con, SyntheticMarket(seed=args.seed), **common)
+        else:
+            if not all([args.train_start, args.train_end, args.eval_start, args.eval_end]):
+                raise ValueError("give --train-start/--train-end/--eval-start/--eval-end, or --synthetic")
+            cfg = beta_loop.BetaLoopConfig(train_dates=trading_days(con, args.train_start, args.train_end),
+                                           eval_dates=trading_days(con, args.eval_start, args.eval_end),
+                                           tickers=_csv_list(args.tickers) if args.tickers else None, **common)
+        out = Path(args.out) if args.out else db.db_path(args.db).parent / f"{db.db_path(args.db).stem}_loop"
+        res = beta_loop.run_beta_loop(con, cfg, out, default_root(args.db), on_iteration=lambda r: print(
+            f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out mean reward_usd {r['mean_reward_usd']:+.5f} "
+            f"(random {r['random_mean_reward_usd']:+.5f}, n={r['n']})  mean position {r['mean_position']:.3f}", flush=True))
+    finally:
+        con.close()
+    print(f"last checkpoint: {res.checkpoint_id}; evaluation report: {res.report_path}")
     return 0
 
 
@@ -426,16 +508,53 @@ def _cmd_rewards_preview(args) -> int:
     return 0
 
 
+# --- demo ------------------------------------------------------------------------------------------------
+
+def _add_demo(sub, parent) -> None:
+    from hitchhiker.demo import DemoConfig
+
+    d = DemoConfig()
+    p = sub.add_parser("demo", help="the whole loop offline on the shipped data: ingest -> states -> rollouts -> "
+                                    "rewards -> GRPO -> evaluation report (a few minutes on a laptop CPU)")
+    # Not $HITCHHIKER_DB: the demo deletes its previous store before it starts, so it keeps to its own folder.
+    p.add_argument("--out", default=d.out_dir, help=f"the demo's folder (default ./{d.out_dir}); re-running "
+                                                    "deletes what the previous demo run wrote there and starts clean")
+    p.add_argument("--db", default=None, help="DuckDB file (default: <out>/hitchhiker.duckdb; replay beside it)")
+    p.add_argument("--iterations", type=int, default=d.iterations, help=f"loop iterations (default {d.iterations})")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    import os
+    import time
+
+    # Offline by design (no hub lookups), and the demo prints its own progress lines: no library progress bars.
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
+    from hitchhiker.demo import DemoConfig, run_demo, summary
+
+    if args.iterations < 1:
+        raise ValueError(f"--iterations must be >= 1, got {args.iterations}")
+    started = time.perf_counter()
+    result = run_demo(DemoConfig(out_dir=args.out, db=args.db, iterations=args.iterations),
+                      log=lambda line: print(line, flush=True))
+    print("\n".join(summary(result)))
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 # --- main ------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hitchhiker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     parent = _db_parent()
+    _add_demo(sub, parent)
     _add_sql(sub, parent)
     _add_server(sub, parent)
     _add_ingest(sub, parent)
     _add_states(sub, parent)
+    _add_rollouts(sub, parent)
     _add_eval(sub, parent)
     _add_train(sub, parent)
     _add_loop(sub, parent)

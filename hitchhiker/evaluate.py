@@ -172,10 +172,14 @@ def _load_candidate(con, candidate: str, config: EvalConfig):
         model = candidate[5:] if candidate.startswith("base:") and "@" not in candidate else config.model
         return "base", load_policy(PolicyConfig(model=model, device=config.device))
     # fetchall, not fetchone: DuckDB 2 keeps a half-read result open and refuses the next statement
-    rows = con.execute("SELECT path FROM checkpoints WHERE checkpoint_id = ?", [candidate]).fetchall()
+    rows = con.execute("SELECT path, algorithm FROM checkpoints WHERE checkpoint_id = ?", [candidate]).fetchall()
     row = rows[0] if rows else None
     if row is None:
         raise ValueError(f"checkpoint {candidate!r} is not in the checkpoints table")
+    if row[1] == "beta-head":  # a position head, not a language model: it decides by its mean position
+        from hitchhiker.beta_rollouts import checkpoint_decider
+
+        return "checkpoint", checkpoint_decider(con, row[0])
     return "checkpoint", load_policy(PolicyConfig(model=config.model, checkpoint=row[0], checkpoint_id=candidate,
                                                   device=config.device))
 
@@ -458,9 +462,13 @@ def paired_difference(run: EvalRun, subject: str, other: str, metric: str = "mea
 
 
 def champion(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The checkpoint the daily flow samples with: the latest promoted candidate, or None (use the base model)."""
+    """The checkpoint the daily flow samples with: the latest promoted language-model candidate, or None (use the base
+    model). A promoted Beta position head is a champion of its own kind, not a model the sampler can load."""
     try:
-        rows = con.execute("SELECT candidate FROM promotions WHERE promoted ORDER BY decided_at DESC LIMIT 1").fetchall()
+        rows = con.execute(
+            "SELECT p.candidate FROM promotions AS p LEFT JOIN checkpoints AS c ON c.checkpoint_id = p.candidate "
+            "WHERE p.promoted AND coalesce(c.algorithm, '') <> 'beta-head' ORDER BY p.decided_at DESC LIMIT 1"
+        ).fetchall()
     except duckdb.CatalogException:  # store not migrated to 006 yet
         return None
     return rows[0][0] if rows else None

@@ -7,6 +7,7 @@ pairwise accuracy on held-out dates that come strictly after every training date
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -186,17 +187,24 @@ def _check_dates(con, config: LoopConfig) -> None:
     last_exit = con.execute(
         "SELECT max(date) FROM (SELECT DISTINCT date FROM prices WHERE date > ? ORDER BY date LIMIT ?)",
         [max(config.train_dates), horizon],
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     if last_exit is None or min(config.eval_dates) <= last_exit:
         raise ValueError(f"held-out dates must come after the last training date {max(config.train_dates)} plus its "
                          f"{horizon}-day reward horizon (ends {last_exit}); first eval date is {min(config.eval_dates)}")
 
 
-def _build(con, config: LoopConfig, dates) -> list[str]:
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str | None):
+    """The policy's tokenizer, loaded once per process: the loop builds states every iteration (used read-only)."""
     from hitchhiker.policy import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+def _build(con, config: LoopConfig, dates) -> list[str]:
     from hitchhiker.states import build_states
 
-    tok = load_tokenizer(config.states.tokenizer or config.model)  # prompt tokens counted with the policy's own
+    tok = _tokenizer(config.states.tokenizer or config.model)  # prompt tokens counted with the policy's own
     ids: list[str] = []
     for tickers in config.ticker_groups or [None]:
         ids += build_states(con, config.states, list(dates), tickers=tickers, tokenizer=tok)

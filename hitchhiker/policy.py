@@ -25,7 +25,9 @@ import torch
 from hitchhiker import contract
 
 # Bump when anything below changes what the default model is: the cache is keyed by it.
-BUILDER_VERSION = "tiny-llama-v1"
+BUILDER_VERSION = "tiny-llama-v3"
+# The format warm-up sees each prompt's last lines only (see _prompt_tail).
+WARMUP_PROMPT_CHARS = 400
 DEFAULT_MODEL_NAME = "hitchhiker-tiny"
 # A checkpoint directory may name its id here; otherwise the directory name is the id.
 CHECKPOINT_META = "hitchhiker_checkpoint.json"
@@ -63,6 +65,10 @@ class Policy:
     tokenizer: object
     policy_version: str
     device: torch.device
+    # Where the weights came from, for engines that load them themselves (hitchhiker.vllm_backend): the base model
+    # (or full-weights checkpoint) folder or hub id, and a LoRA adapter folder on top of it.
+    model_path: str | None = None
+    adapter_path: str | None = None
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the chat-templated prompt, ending where the assistant's answer begins."""
@@ -112,35 +118,70 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
 
 
 def load_policy(config: PolicyConfig = PolicyConfig()) -> Policy:
-    """Load the model (and checkpoint) on the configured device and dtype, in eval mode."""
-    from transformers import AutoModelForCausalLM
+    """Load the model (and checkpoint) on the configured device and dtype, in eval mode.
 
+    The default small model is built (or read from its cache) only when nothing else names the base: not when
+    `config.model` is given, nor when an adapter checkpoint names a base that can be loaded here.
+    """
     device = _device(config.device)
     dtype = _dtype(config.dtype, device)
-    base = config.model or str(default_model_path())
+    if config.model is not None:
+        _check_model_name(config.model)
     ckpt = Path(config.checkpoint) if config.checkpoint else None
     if ckpt is None:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-        tokenizer = load_tokenizer(base)
+        base = config.model or str(default_model_path())
+        model, tokenizer = _from_pretrained(base, dtype), load_tokenizer(base)
         version = f"base:{config.model or DEFAULT_MODEL_NAME + '@' + BUILDER_VERSION}"
+        model_path, adapter_path = base, None
+    elif not ckpt.is_dir():
+        raise FileNotFoundError(f"checkpoint {ckpt} is not a directory")
     elif (ckpt / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        if config.model is None:  # the adapter names its base; the default model's path is machine-specific
-            named = json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            if named and (Path(named).exists() or not Path(named).is_absolute()):
-                base = named
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(ckpt))
+        base = config.model or _adapter_base(ckpt) or str(default_model_path())
+        model = PeftModel.from_pretrained(_from_pretrained(base, dtype), str(ckpt))
         tokenizer = load_tokenizer(ckpt if (ckpt / "tokenizer_config.json").is_file() else base)
         version = config.checkpoint_id or _checkpoint_id(ckpt)
+        model_path, adapter_path = base, str(ckpt)
     elif (ckpt / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype)
-        tokenizer = load_tokenizer(ckpt if (ckpt / "tokenizer_config.json").is_file() else base)
+        model = _from_pretrained(str(ckpt), dtype)
+        has_tokenizer = (ckpt / "tokenizer_config.json").is_file()
+        tokenizer = load_tokenizer(ckpt if has_tokenizer else config.model or default_model_path())
         version = config.checkpoint_id or _checkpoint_id(ckpt)
+        model_path, adapter_path = str(ckpt), None
     else:
         raise FileNotFoundError(f"checkpoint {ckpt} holds neither a peft adapter (adapter_config.json) nor full weights (config.json)")
     model.to(device).eval()
-    return Policy(model=model, tokenizer=tokenizer, policy_version=version, device=device)
+    return Policy(model=model, tokenizer=tokenizer, policy_version=version, device=device, model_path=model_path,
+                  adapter_path=adapter_path)
+
+
+def _check_model_name(model: str) -> None:
+    """A local path that does not exist is an error naming it (not a confusing hub lookup of a path)."""
+    p = Path(model).expanduser()
+    if (p.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1) and not p.exists():
+        raise FileNotFoundError(f"model {model!r}: no such local folder")
+    if p.exists() and not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model {model!r} is a local path without config.json: not a model folder")
+
+
+def _from_pretrained(name_or_path: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as e:  # hub id unknown or offline: transformers' message is long; lead with the name
+        raise FileNotFoundError(f"model {name_or_path!r} could not be loaded (not a local model folder, and not in "
+                                f"the Hugging Face cache or reachable on the hub): {e}") from e
+
+
+def _adapter_base(ckpt: Path) -> str | None:
+    """The base an adapter names, when it can be loaded here: a hub id or a folder that exists on this machine.
+    The default model's folder is machine-specific (under HITCHHIKER_HOME), so a path from elsewhere is ignored."""
+    named = json.loads((ckpt / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if named and (Path(named).exists() or not Path(named).is_absolute()):
+        return named
+    return None
 
 
 def _checkpoint_id(ckpt: Path) -> str:
@@ -178,7 +219,8 @@ def _file_lock(path: Path) -> Iterator[None]:
 # --- building the default small model --------------------------------------------------------------------------
 
 
-def build_default_model(out_dir: Path, seed: int = 0, n_prompts: int = 2000, warmup_steps: int = 150) -> Path:
+def build_default_model(out_dir: Path, seed: int = 0, n_prompts: int = 2000, warmup_steps: int = 120,
+                        batch_size: int = 32) -> Path:
     """Train the tokenizer, create the Llama, warm it up on the output format, and save both to out_dir."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -186,7 +228,8 @@ def build_default_model(out_dir: Path, seed: int = 0, n_prompts: int = 2000, war
     rng = random.Random(seed)
     prompts = _prompt_corpus(n_prompts, seed)
     examples = [
-        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": _random_completion(p, rng)}]}
+        {"prompt": [{"role": "user", "content": _prompt_tail(p)}],
+         "completion": [{"role": "assistant", "content": _random_completion(p, rng)}]}
         for p in prompts
     ]
     tokenizer = build_tokenizer(prompts + [e["completion"][0]["content"] for e in examples] + _contract_texts())
@@ -210,7 +253,7 @@ def build_default_model(out_dir: Path, seed: int = 0, n_prompts: int = 2000, war
     # (CI, shared cores) several spinning threads are many times slower.
     torch.set_num_threads(1)
     try:
-        _format_warmup(model, tokenizer, examples, out_dir / "warmup", seed, warmup_steps)
+        _format_warmup(model, tokenizer, examples, out_dir / "warmup", seed, warmup_steps, batch_size)
     finally:
         torch.set_num_threads(threads)
     shutil.rmtree(out_dir / "warmup", ignore_errors=True)
@@ -252,7 +295,7 @@ def build_tokenizer(texts: list[str]):
     )
 
 
-def _format_warmup(model, tokenizer, examples: list[dict], work_dir: Path, seed: int, steps: int) -> None:
+def _format_warmup(model, tokenizer, examples: list[dict], work_dir: Path, seed: int, steps: int, batch_size: int) -> None:
     """A few seconds of SFT on random-action completions: the model learns to write the format."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -260,7 +303,7 @@ def _format_warmup(model, tokenizer, examples: list[dict], work_dir: Path, seed:
     args = SFTConfig(
         output_dir=str(work_dir),
         max_steps=steps,
-        per_device_train_batch_size=32,
+        per_device_train_batch_size=batch_size,
         learning_rate=3e-3,
         lr_scheduler_type="cosine",
         warmup_steps=10,
@@ -269,14 +312,34 @@ def _format_warmup(model, tokenizer, examples: list[dict], work_dir: Path, seed:
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
-        max_length=1024,
+        max_length=512,
         completion_only_loss=True,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # TRL's defaults are for GPUs: bf16 autocast and activation checkpointing make this tiny model's CPU step
+        # over ten times slower, so both are off unless there is a GPU to use them on.
+        bf16=torch.cuda.is_available(),
+        gradient_checkpointing=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
     trainer.train()
     model.cpu().eval()
+
+
+def _prompt_tail(prompt: str, max_chars: int = WARMUP_PROMPT_CHARS) -> str:
+    """The prompt's last whole lines, up to max_chars: the answer format is asked for at the end of every prompt.
+
+    Warming up on tails instead of whole prompts cuts the build from minutes to seconds (the cost is the prompt
+    tokens, the loss is on the 4 completion tokens); the rotary positions are relative, so the learned format
+    carries over to the full-length prompts (tests/test_policy.py checks valid output on real full prompts).
+    """
+    lines, size = [], 0
+    for line in reversed(prompt.split("\n")):
+        if lines and size + len(line) + 1 > max_chars:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(reversed(lines))
 
 
 def _random_completion(prompt: str, rng: random.Random) -> str:
@@ -303,24 +366,7 @@ def _contract_texts() -> list[str]:
 
 def _prompt_corpus(n: int, seed: int) -> list[str]:
     """The project's own prompts (rendered by the states stage from synthetic numbers)."""
-    try:
-        from hitchhiker.states import example_prompts
-    except ImportError:  # the states stage is not there yet: a stand-in corpus in the same shape
-        return _stand_in_prompts(n, seed)
+    from hitchhiker.states import example_prompts
+
     return list(example_prompts(n, seed=seed))
 
-
-def _stand_in_prompts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        mode = contract.PAIRWISE if i % 2 == 0 else contract.ELEMENTWISE
-        flag = rng.random() < 0.2
-        if mode == contract.PAIRWISE:
-            body = " ".join(f"Stock {s} trend: {rng.choice(['UP', 'DOWN'])}." for s in "AB")
-        else:
-            body = f"Stock A trend: {rng.choice(['UP', 'DOWN'])}. Last 5 daily returns (%): " + ", ".join(
-                f"{rng.uniform(-3, 3):+.2f}" for _ in range(5)
-            )
-        out.append(body + "\n" + contract.instructions(mode, rng.choice([1, 5]), with_proportion=flag, numeric_position=flag))
-    return out

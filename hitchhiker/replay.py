@@ -57,7 +57,10 @@ def default_root(db_file: str | os.PathLike | None = None) -> Path:
 def group_path(root: str | os.PathLike, decision_date: date | str, pair: str, group_id: str) -> Path:
     """Where one group's file lives."""
     d = decision_date if isinstance(decision_date, str) else decision_date.isoformat()
-    date.fromisoformat(d)  # a malformed date would create a partition no filter can reach
+    try:
+        date.fromisoformat(d)  # a malformed date would create a partition no filter can reach
+    except ValueError:
+        raise ValueError(f"decision_date {d!r} is not a date (YYYY-MM-DD)") from None
     if not pair or "/" in pair or "=" in pair:
         raise ValueError(f"pair {pair!r} cannot name a partition folder")
     return Path(root) / f"decision_date={d}" / f"pair={pair}" / f"{group_id}.parquet"

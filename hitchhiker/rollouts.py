@@ -3,15 +3,22 @@
 For each state the prompt is encoded once (one prefill row per group), its KV cache is repeated to the group's B
 rows, and many groups decode together in one batch. Each sample has its own temperature (drawn from
 [t - eps, t + eps]); every sampled token's log-probability is stored under exactly the distribution it was drawn
-from, log_softmax(logits / temperature) — GRPO's pi_old, computed the way TRL recomputes it for the new policy.
+from — GRPO's pi_old:
 
-top_p: with the default 1.0 the stored log-probabilities are exactly the sampling distribution. With top_p < 1
-the token is drawn from the renormalized nucleus, but the stored log-probability is still the full
-temperature-scaled one (what the trainer recomputes); the importance ratio then ignores the truncation, which
-is the usual approximation (TRL/vLLM do the same) and is small when little mass lies outside the nucleus.
+    top_p = 1 (default):  log_softmax(logits / temperature), what TRL recomputes for the new policy;
+    top_p < 1:            the same, renormalized over the top-p nucleus the token was drawn from (tokens outside
+                          it have probability 0). This is vLLM's `processed_logprobs`, so both backends store the
+                          same quantity; the trainer's recomputation has no truncation, and the importance ratio
+                          then carries the (usually small) mass outside the nucleus, as TRL's does with vLLM.
+
+A run needs the database only to read the states it samples and, at the end, to point the view `replay` at the
+Parquet root (`generate_dates` takes a context manager for that, e.g. the Prefect store slot); the sampling itself
+(`sample_states`) needs no database, so workers on other machines can run it and write their own files.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -19,12 +26,12 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import duckdb
 import torch
 
-from hitchhiker import contract, replay
+from hitchhiker import contract, db, replay
 
 
 @dataclass
@@ -70,27 +77,60 @@ def group_id(state_id: str, policy_version: str) -> str:
 
 def select_state_ids(con: duckdb.DuckDBPyConnection, start: date | str, end: date | str, mode: str | None = None) -> list[str]:
     """State ids with decision_date in [start, end] (optionally one mode), in date order."""
-    rows = con.execute(
-        "SELECT state_id FROM states WHERE decision_date BETWEEN ? AND ? AND (? IS NULL OR mode = ?) "
-        "ORDER BY decision_date, pair, state_id",
-        [str(start), str(end), mode, mode],
-    ).fetchall()
-    return [r[0] for r in rows]
+    return [r[0] for r in _states_in_range(con, start, end, mode)]
+
+
+def missing_state_ids(con: duckdb.DuckDBPyConnection, start: date | str, end: date | str, policy_version: str, root,
+                      mode: str | None = None) -> tuple[int, list[str]]:
+    """(number of states of [start, end], ids of those with no group yet for policy_version under root), in date
+    order. Which groups exist is read from the file names under root, not from the database."""
+    rows = _states_in_range(con, start, end, mode)
+    return len(rows), [sid for sid, day, pair in rows if not replay.has_group(root, day, pair, group_id(sid, policy_version))]
+
+
+def _states_in_range(con, start, end, mode) -> list[tuple]:
+    first, last = _check_selection(start, end, mode)
+    return con.execute(db.sql_text("rollouts/states_in_range"), {"start": first, "end": last, "mode": mode}).fetchall()
+
+
+def _check_selection(start, end, mode) -> tuple[date, date]:
+    first, last = _as_date(start, "start"), _as_date(end, "end")
+    if last < first:
+        raise ValueError(f"end {last} is before start {first}")
+    if mode is not None and mode not in contract.MODES:
+        raise ValueError(f"mode {mode!r} is not one of {contract.MODES}")
+    return first, last
+
+
+def _as_date(value: date | str, name: str) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[State]:
     """The states to sample, in the order given; an unknown id is an error naming it."""
     if not state_ids:
         return []
-    rows = con.execute(
-        "SELECT state_id, decision_date, mode, pair, action_format, messages FROM states WHERE list_contains(?, state_id)",
-        [list(state_ids)],
-    ).fetchall()
+    rows = con.execute(db.sql_text("rollouts/load_states"), {"state_ids": list(state_ids)}).fetchall()
     by_id = {r[0]: State(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows}
     missing = [s for s in state_ids if s not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} state_id(s) not in the states table, e.g. {missing[:3]}")
     return [by_id[s] for s in state_ids]
+
+
+def resolve_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint: str) -> tuple[str, str | None]:
+    """(folder, checkpoint_id) of a checkpoint given as a folder or as an id registered in `checkpoints`."""
+    if Path(checkpoint).is_dir():
+        return checkpoint, None  # the folder's own metadata names its id
+    rows = con.execute("SELECT path FROM checkpoints WHERE checkpoint_id = ?", [checkpoint]).fetchall()
+    if not rows:
+        raise ValueError(f"checkpoint {checkpoint!r} is neither a folder nor a checkpoint_id in the checkpoints table")
+    return rows[0][0], checkpoint
 
 
 def generate(con, policy, state_ids: list[str], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -100,13 +140,49 @@ def generate(con, policy, state_ids: list[str], config: SamplingConfig, root, pr
     return summary
 
 
+def generate_dates(db_file, start: date | str, end: date | str, policy_config, config: SamplingConfig, root=None,
+                   mode: str | None = None, max_states: int | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   hold_store: Callable[[], ContextManager] = contextlib.nullcontext) -> dict:
+    """Sample every state of the dates [start, end] with no group yet for the policy (`hitchhiker rollouts generate`
+    and the `generate_rollouts` flow). The database file is open only inside `hold_store()`: to resolve a
+    checkpoint id, to read the states, and to point the view at root at the end; never while sampling. (Opened
+    read-write even to read: DuckDB refuses a read-only connection to a file this process already holds.)"""
+    from hitchhiker.policy import load_policy
+
+    # bad input fails here, before a model is loaded
+    _check_selection(start, end, mode)
+    if max_states is not None and max_states < 0:
+        raise ValueError(f"max_states must be >= 0, got {max_states}")
+    if not db.db_path(db_file).is_file():
+        raise db.StoreError(f"database {db.db_path(db_file)} does not exist (build states first, or pass --db)")
+    root = Path(root) if root else replay.default_root(db_file)
+    if policy_config.checkpoint and not Path(policy_config.checkpoint).is_dir():
+        with hold_store(), contextlib.closing(db.connect(db_file)) as con:
+            path, checkpoint_id = resolve_checkpoint(con, policy_config.checkpoint)
+        policy_config = dataclasses.replace(policy_config, checkpoint=path,
+                                            checkpoint_id=policy_config.checkpoint_id or checkpoint_id)
+    policy = load_policy(policy_config)  # before the store is taken: loading (or building) a model takes a while
+    with hold_store(), contextlib.closing(db.connect(db_file)) as con:
+        n_states, missing = missing_state_ids(con, start, end, policy.policy_version, root, mode)
+        # a budget takes the first missing states, so the next run continues where this one stopped
+        states = load_states(con, missing if max_states is None else missing[:max_states])
+    summary = sample_states(policy, states, config, root, progress)
+    with hold_store(), contextlib.closing(db.connect(db_file)) as con:
+        replay.ensure_view(con, root)
+    return {**summary, "states": n_states, "groups_skipped": n_states - len(missing) + summary["groups_skipped"],
+            "states_left": len(missing) - len(states)}
+
+
 def sample_states(policy, states: list[State], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample and write the groups of `states` missing under root (no database needed: workers can run this)."""
     root = Path(root)
     todo = [s for s in states if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))]
-    sampler = _vllm_sampler(policy) if config.backend == "vllm" else sample_token_groups
+    sampler = _vllm_sampler(policy) if config.backend == "vllm" and todo else sample_token_groups
     started = time.perf_counter()
     actions, n_valid, n_rows, n_tokens, written = Counter(), 0, 0, 0, 0
+    if progress:
+        progress(0, len(todo))
     for i in range(0, len(todo), config.groups_per_batch):
         batch = todo[i : i + config.groups_per_batch]
         gids = [group_id(s.state_id, policy.policy_version) for s in batch]
@@ -121,8 +197,9 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         now = datetime.now(timezone.utc)
         for state, gid, prompt, temps, group in zip(batch, gids, prompts, temperatures.tolist(), samples):
             rows = [_row(policy, state, gid, prompt, k, t, config.top_p, ids, lps, now) for k, (t, (ids, lps)) in enumerate(zip(temps, group))]
-            if replay.write_group(root, state.decision_date, state.pair, gid, rows) is not None:
-                written += 1
+            if replay.write_group(root, state.decision_date, state.pair, gid, rows) is None:
+                continue  # another worker wrote this group meanwhile: its rows count there, not here
+            written += 1
             for r in rows:
                 n_rows += 1
                 n_valid += r["valid"]
@@ -134,7 +211,7 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
     return {
         "states": len(states),
         "groups_written": written,
-        "groups_skipped": len(states) - len(todo),
+        "groups_skipped": len(states) - written,
         "rollouts": n_rows,
         "valid_rate": n_valid / n_rows if n_rows else None,
         "actions": dict(actions),
@@ -187,7 +264,7 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     """For each prompt, len(temperatures[g]) completions: [(token ids, per-token log-probs)] per group.
 
     A hand-written decode loop, because HF `generate` applies one temperature to the whole call and we need one per
-    row; it also gives us the exact log-softmax of each sampled token without a second pass.
+    row; it also gives us the exact log-probability of each sampled token without a second pass.
     """
     from transformers import DynamicCache
 
@@ -203,7 +280,8 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
         mask[g, width - len(p):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)
     cache = out.past_key_values
     cache.batch_repeat_interleave(group_size)  # prefill once per group, then B rows share its keys and values
     logits = out.logits[:, -1, :].float().repeat_interleave(group_size, 0)
@@ -214,11 +292,10 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
     for _ in range(config.max_new_tokens):
-        scaled = logits / temps
-        logp = torch.log_softmax(scaled, dim=-1)
-        noise = torch.cat([_gumbel((group_size, scaled.shape[-1]), g) for g in generators])
-        # Gumbel-max: argmax(log p + Gumbel) is an exact draw from softmax(scaled), with per-group generators.
-        token = torch.argmax(_nucleus(logp, config.top_p) + noise, dim=-1)
+        logp = sampling_logprobs(logits, temps, config.top_p)
+        noise = torch.cat([_gumbel((group_size, logp.shape[-1]), g) for g in generators])
+        # Gumbel-max: argmax(log p + Gumbel) is an exact draw from p, with per-group generators.
+        token = torch.argmax(logp + noise, dim=-1)
         token = torch.where(done, pad, token)
         tokens.append(token)
         logprobs.append(torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1)))
@@ -226,7 +303,8 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache,
+                    use_cache=True)
         next_position = next_position + 1
         logits = out.logits[:, -1, :].float()
     token_matrix = torch.stack(tokens, 1).tolist()
@@ -247,19 +325,23 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     return results
 
 
+def sampling_logprobs(logits: torch.Tensor, temperatures: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probabilities of the distribution a token is drawn from: log_softmax(logits / temperature), restricted
+    to and renormalized over the top-p nucleus when top_p < 1 (-inf outside it). temperatures: one per row, (n, 1)."""
+    logp = torch.log_softmax(logits.float() / temperatures, dim=-1)
+    if top_p >= 1.0:
+        return logp
+    # The nucleus: the most likely tokens whose mass reaches top_p (a token is kept when the mass strictly above
+    # it is below top_p, so the first token is always kept) — the set vLLM's and HF's top-p keep.
+    sorted_logp, order = torch.sort(logp, descending=True, dim=-1)
+    above = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
+    drop = torch.zeros_like(logp, dtype=torch.bool).scatter(1, order, above >= top_p)
+    return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+
+
 def _gumbel(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     u = torch.rand(shape, generator=generator, device=generator.device)
     return -torch.log(-torch.log(u.clamp(min=1e-20, max=1 - 1e-7)))
-
-
-def _nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Log-probs with the tokens outside the top-p nucleus set to -inf (unchanged for top_p = 1)."""
-    if top_p >= 1.0:
-        return logp
-    sorted_logp, order = torch.sort(logp, descending=True, dim=-1)
-    before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()  # mass strictly above each token
-    drop = torch.zeros_like(logp, dtype=torch.bool).scatter(1, order, before >= top_p)
-    return logp.masked_fill(drop, float("-inf"))
 
 
 def _vllm_sampler(policy):

@@ -412,3 +412,15 @@ def test_stored_reward_exit_dates_of_ancestors_extend_the_cutoff(store):
     with pytest.raises(SplitError, match="until 2016-07-08"):
         evaluate.check_split(store, "child", "2016-07-08")
     evaluate.check_split(store, "child", "2016-07-11")
+
+
+def test_a_promoted_beta_head_is_not_the_language_model_champion(tmp_path):
+    """The daily flow loads the champion as a language model: a promoted Beta head must not be returned."""
+    con = db.connect(tmp_path / "champ.duckdb")
+    con.execute("INSERT INTO checkpoints (checkpoint_id, run_id, base_model, path, algorithm, finetune, step, created_at, "
+                "groups_used) VALUES ('head-1', 'r', 'beta-head', '/x', 'beta-head', 'full', 1, now(), [])")
+    con.execute("INSERT INTO promotions (decided_at, candidate, promoted, metric, margin, reason) VALUES "
+                "(now() - INTERVAL 1 DAY, 'grpo-1', true, 'mean_reward_usd', 0, 'won'), "
+                "(now(), 'head-1', true, 'mean_reward_usd', 0, 'won')")
+    assert evaluate.champion(con) == "grpo-1"
+    con.close()

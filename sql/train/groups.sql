@@ -1,6 +1,7 @@
 -- Rollouts of the groups that are ready to train on: every rollout joined to its reward and advantage under one
 -- reward spec (only matured groups have them). Parameters: $reward_spec, $policy_version (NULL = any),
--- $start_date / $end_date (NULL = open). Ordered so that a group's rollouts are contiguous.
+-- $start_date / $end_date (NULL = open). Ordered so that a group's rollouts are contiguous. Rollouts without tokens
+-- (the Beta position head's sampled positions) are not language-model groups and are left out.
 SELECT
     r.group_id,
     r.state_id,
@@ -20,6 +21,7 @@ SELECT
 FROM replay AS r
 JOIN advantages AS a USING (rollout_id)
 WHERE a.reward_spec = $reward_spec
+  AND len(r.prompt_ids) > 0
   AND ($policy_version IS NULL OR r.policy_version = $policy_version)
   AND ($start_date IS NULL OR r.decision_date >= $start_date)
   AND ($end_date IS NULL OR r.decision_date <= $end_date)

@@ -1,0 +1,131 @@
+"""The replay buffer's files: atomic and idempotent group writes, the view's columns, partition pruning."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from hitchhiker import db, replay
+
+DATES = ["2016-01-04", "2016-01-05", "2016-01-06"]
+PAIRS = ["A-AAP", "ABBV-ABC"]
+
+
+def rows(gid: str, n: int = 4, completion: str = "ACTION: A") -> list[dict]:
+    now = datetime(2016, 1, 4, 21, tzinfo=timezone.utc)
+    return [{
+        "rollout_id": f"{gid}-{k}", "state_id": f"state-{gid}", "group_id": gid, "mode": "pairwise",
+        "policy_version": "base:test", "sample_index": k, "temperature": 0.7, "top_p": 1.0, "prompt_ids": [1, 2, 3],
+        "completion": completion, "completion_ids": [7, 8, 9], "token_logprobs": [-0.1, -0.2, -0.3],
+        "logprob_sum": -0.6, "action": "A", "proportion": 1.0, "position": None, "advisory_text": "", "valid": True,
+        "invalid_reason": None, "created_at": now,
+    } for k in range(n)]
+
+
+def explain_files(con, where: str) -> tuple[int, int]:
+    """(files scanned, files in the glob) from EXPLAIN ANALYZE of a count over the view."""
+    plan = con.execute(f"EXPLAIN ANALYZE SELECT count(*) FROM replay WHERE {where}").fetchall()[0][1]
+    m = re.search(r"Scanning Files: (\d+)/(\d+)", plan)
+    assert m, plan
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_a_failed_write_leaves_nothing_visible_and_a_retry_succeeds(tmp_path, monkeypatch):
+    real_write = pq.write_table
+
+    def torn(table, where, **kw):  # bytes on disk, then the writer dies before finishing
+        with open(where, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(replay.pq, "write_table", torn)
+    with pytest.raises(OSError, match="disk full"):
+        replay.write_group(tmp_path, DATES[0], PAIRS[0], "g0", rows("g0"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no final file, and the temp file is removed
+    assert not replay.has_group(tmp_path, DATES[0], PAIRS[0], "g0")
+    monkeypatch.setattr(replay.pq, "write_table", real_write)
+    assert replay.write_group(tmp_path, DATES[0], PAIRS[0], "g0", rows("g0")) is not None
+    assert pq.read_table(replay.group_path(tmp_path, DATES[0], PAIRS[0], "g0")).num_rows == 4
+
+
+WRITER = """
+import sys
+from test_replay import rows
+from hitchhiker import replay
+root = sys.argv[1]
+for i in range(100000):
+    replay.write_group(root, "2016-01-04", "A-AAP", f"g{i:06d}", rows(f"g{i:06d}", n=200, completion="x" * 2000))
+"""
+
+
+def test_kill_9_during_writes_leaves_only_complete_files_in_the_view(tmp_path):
+    root = tmp_path / "replay"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)], env=env)
+    part = root / "decision_date=2016-01-04" / "pair=A-AAP"
+    deadline = time.monotonic() + 120
+    while len(list(part.glob("*.parquet"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.137)  # land somewhere inside a write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    files = list(part.glob("*.parquet"))
+    assert len(files) >= 5
+    for f in files:  # every visible file is whole
+        assert pq.read_table(f).num_rows == 200
+    con = duckdb.connect()
+    replay.ensure_view(con, root)
+    n_groups, n_rows = con.execute("SELECT count(DISTINCT group_id), count(*) FROM replay").fetchall()[0]
+    assert (n_groups, n_rows) == (len(files), 200 * len(files))
+    # a temp file of the killed writer may remain: hidden, and never matched by the view's glob
+    assert all(p.name.startswith(".") for p in part.iterdir() if p.suffix != ".parquet")
+
+
+def test_rewriting_a_group_is_a_no_op(tmp_path):
+    first = replay.write_group(tmp_path, DATES[0], PAIRS[0], "g1", rows("g1"))
+    before = first.read_bytes(), first.stat().st_mtime_ns
+    assert replay.write_group(tmp_path, DATES[0], PAIRS[0], "g1", rows("g1", completion="ACTION: B")) is None
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before
+    assert replay.existing_group_ids(tmp_path) == {"g1"}
+
+
+def test_the_view_has_the_schema_of_the_migration_and_prunes_by_date_and_pair(tmp_path):
+    con = db.connect(tmp_path / "store.duckdb")
+    empty = con.execute("DESCRIBE replay").fetchall()  # the migration's empty view
+    assert con.execute("SELECT count(*) FROM replay").fetchall() == [(0,)]
+    for d in DATES:
+        for p in PAIRS:
+            gid = f"g-{d}-{p}"
+            replay.write_group(tmp_path / "replay", d, p, gid, rows(gid))
+    replay.ensure_view(con, tmp_path / "replay")
+    assert [(c[0], c[1]) for c in con.execute("DESCRIBE replay").fetchall()] == [(c[0], c[1]) for c in empty]
+    assert con.execute("SELECT decision_date::VARCHAR, pair, count(*) FROM replay GROUP BY ALL ORDER BY ALL").fetchall() == [
+        (d, p, 4) for d in DATES for p in PAIRS]
+    assert explain_files(con, f"decision_date = DATE '{DATES[1]}'") == (2, 6)
+    assert explain_files(con, f"pair = '{PAIRS[0]}'") == (3, 6)
+    assert explain_files(con, f"decision_date = DATE '{DATES[1]}' AND pair = '{PAIRS[0]}'") == (1, 6)
+    # a group written after the view was created is seen (the glob is expanded at query time)
+    replay.write_group(tmp_path / "replay", "2016-01-07", PAIRS[0], "late", rows("late"))
+    assert con.execute("SELECT count(*) FROM replay WHERE decision_date = DATE '2016-01-07'").fetchall() == [(4,)]
+    con.close()
+
+
+def test_bad_partition_keys_and_rows_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="2016-13-01"):
+        replay.write_group(tmp_path, "2016-13-01", PAIRS[0], "g", rows("g"))
+    with pytest.raises(ValueError, match="A/B"):
+        replay.write_group(tmp_path, DATES[0], "A/B", "g", rows("g"))
+    with pytest.raises(ValueError, match="group_id"):
+        replay.write_group(tmp_path, DATES[0], PAIRS[0], "g", rows("other"))
+    with pytest.raises(ValueError, match="non-empty"):
+        replay.write_group(tmp_path, DATES[0], PAIRS[0], "g", [])
+    assert not any(tmp_path.rglob("*.parquet"))
