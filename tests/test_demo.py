@@ -121,6 +121,33 @@ def test_every_example_query_runs_on_the_demo_database(demo, query):
     assert p.stdout.splitlines()[0] == ",".join(columns) and len(p.stdout.splitlines()) >= 2
 
 
+DUCKDB_CLI = Path(sys.executable).parent / "duckdb"  # PyPI's duckdb-cli (dev extra): the tool users already have
+
+
+def _duckdb_cli(database: Path, *statements: str) -> str:
+    args = [str(DUCKDB_CLI), "-readonly", "-csv", str(database)]
+    for s in statements:
+        args += ["-c", s]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Error" not in p.stderr, p.stderr
+    return p.stdout
+
+
+@pytest.mark.slow
+def test_the_duckdb_cli_opens_the_demo_store_and_prunes_replay_partitions(demo):
+    assert DUCKDB_CLI.is_file(), "the dev extra installs duckdb-cli"
+    out = _duckdb_cli(demo["db"], "SELECT decision_date, pair, count(*) AS n FROM replay GROUP BY ALL ORDER BY ALL")
+    lines = out.splitlines()
+    assert lines[0] == "decision_date,pair,n" and len(lines) == 1 + 48  # 3 iterations x 16 states, one group each
+    day = lines[1].split(",")[0]
+    plan = _duckdb_cli(demo["db"], f"EXPLAIN ANALYZE SELECT count(*) FROM replay WHERE decision_date = DATE '{day}'")
+    scanned = re.search(r"Scanning Files:\s*(\d+)/(\d+)", plan)
+    files_that_day = sum(1 for ln in lines[1:] if ln.startswith(day))
+    assert scanned and int(scanned.group(1)) == files_that_day < int(scanned.group(2)), plan
+    for query in QUERIES:  # every example query runs in the CLI too
+        assert _duckdb_cli(demo["db"], query.read_text()).strip(), query.name
+
+
 @pytest.mark.slow
 def test_sql_refuses_writes_to_the_demo_database_without_write(demo):
     for statement in ("DELETE FROM prices", "DROP VIEW replay"):
