@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
+HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-quic",
@@ -31,6 +32,8 @@ def server_env(home: Path, port: int) -> dict[str, str]:
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Deployments carry real schedules (daily at 17:30 New York): a test server must not start them on its own.
+        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
     )
     return env
@@ -38,14 +41,17 @@ def server_env(home: Path, port: int) -> dict[str, str]:
 
 @contextmanager
 def prefect_server(home: Path, startup_timeout_s: float = 240):
-    """Start `prefect server start` on a free loopback port; yields its environment (PREFECT_API_URL set)."""
+    """Start the server as users do, `hitchhiker server` (which runs `prefect server start` with the UI pointed at
+    its own API), on a free loopback port; yields the clients' environment (PREFECT_API_URL set)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = server_env(home, port)
+    # Left to `hitchhiker server`, so that the UI test checks the URL the command gives the UI.
+    own = {k: v for k, v in env.items() if k != "PREFECT_UI_API_URL"}
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [HITCHHIKER, "server", "--host", "127.0.0.1", "--port", str(port)],
+        env=own, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + startup_timeout_s
