@@ -131,6 +131,12 @@ class YahooToLocalSession(requests.Session):
     def __init__(self, base_url: str):
         super().__init__()
         self.base_url = base_url
+        # yfinance memoizes responses for past date ranges per process (an lru_cache on YfData.cache_get): without
+        # clearing it, a second test asking for the same window gets the first test's answer and never reaches
+        # this test's server.
+        from yfinance.data import YfData
+
+        YfData.cache_get.cache_clear()
 
     def request(self, method, url, *args, **kwargs):
         parts = urlsplit(url)
