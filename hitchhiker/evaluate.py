@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hitchhiker import baselines, contract, db, grounding, metrics, report
+from hitchhiker.states import as_date
 
 EVALUATOR_VERSION = "eval-v1"
 
@@ -94,7 +95,7 @@ def training_cutoff(con: duckdb.DuckDBPyConnection, checkpoint_id: str) -> tuple
 
 def check_split(con: duckdb.DuckDBPyConnection, checkpoint_id: str, start: date | str) -> str:
     """Refuse (SplitError) a window starting on or before the last training reward's exit date; returns a note."""
-    start = _as_date(start)
+    start = as_date(start)
     last, exit_date = training_cutoff(con, checkpoint_id)
     if last is None:
         return f"{checkpoint_id} was trained on no replay groups"
@@ -114,7 +115,7 @@ def load_states(con: duckdb.DuckDBPyConnection, start, end, mode: str, style: st
         "messages, features, placeholders FROM states "
         "WHERE decision_date BETWEEN ? AND ? AND mode = ? AND (? IS NULL OR style = ?) "
         "ORDER BY decision_date, pair, state_id",
-        [_as_date(start), _as_date(end), mode, style, style]).df()
+        [as_date(start), as_date(end), mode, style, style]).df()
     if df.empty:
         raise ValueError(f"no {mode} states{' of style ' + style if style else ''} between {start} and {end}: "
                          f"build them first (hitchhiker states build)")
@@ -214,15 +215,6 @@ def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=No
     return pd.Series(decisions["decision_id"].map(by_id).astype(float).to_numpy(), index=decisions.index), spec.reward_spec
 
 
-def _as_date(d) -> date:
-    if isinstance(d, datetime):
-        return d.date()
-    if isinstance(d, date):
-        return d
-    try:
-        return date.fromisoformat(str(d))
-    except ValueError:
-        raise ValueError(f"date {d!r} is not YYYY-MM-DD") from None
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -235,7 +227,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
     an already loaded Policy (decided greedily) or any deterministic function `states -> decisions` (columns state_id,
     action, proportion, position, valid; e.g. the Beta head's mean position); absent subjects are loaded.
     """
-    start, end = _as_date(start), _as_date(end)
+    start, end = as_date(start), as_date(end)
     if end < start:
         raise ValueError(f"evaluation window ends ({end}) before it starts ({start})")
     notes = [check_split(con, c, start) for c in (candidate, *compare_with) if not c.startswith("base")]

@@ -32,6 +32,7 @@ import duckdb
 import torch
 
 from hitchhiker import contract, db, replay
+from hitchhiker.states import as_date
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _states_in_range(con, start, end, mode) -> list[tuple]:
 
 
 def _check_selection(start, end, mode) -> tuple[date, date]:
-    first, last = _as_date(start, "start"), _as_date(end, "end")
+    first, last = as_date(start, "start"), as_date(end, "end")
     if last < first:
         raise ValueError(f"end {last} is before start {first}")
     if mode is not None and mode not in contract.MODES:
@@ -102,13 +103,6 @@ def _check_selection(start, end, mode) -> tuple[date, date]:
     return first, last
 
 
-def _as_date(value: date | str, name: str) -> date:
-    if isinstance(value, date):
-        return value
-    try:
-        return date.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[State]:

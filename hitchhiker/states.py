@@ -85,7 +85,7 @@ def decision_time(day: date, config: StatesConfig = StatesConfig()) -> datetime:
 def trading_days(con: duckdb.DuckDBPyConnection, start: date | str, end: date | str) -> list[date]:
     """The trading days in [start, end]: dates on which `prices` has at least one row."""
     rows = con.execute(
-        "SELECT DISTINCT date FROM prices WHERE date BETWEEN ? AND ? ORDER BY date", [_as_date(start), _as_date(end)]
+        "SELECT DISTINCT date FROM prices WHERE date BETWEEN ? AND ? ORDER BY date", [as_date(start), as_date(end)]
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -112,7 +112,7 @@ def build_states(
     tickers: the universe (default: every ticker in `prices`). tokenizer: counts prompt tokens (default:
     `hitchhiker.policy.load_tokenizer(config.tokenizer)`).
     """
-    wanted = sorted({_as_date(d) for d in dates})
+    wanted = sorted({as_date(d) for d in dates})
     if not wanted:
         return []
     tok = tokenizer if tokenizer is not None else _load_tokenizer(config.tokenizer)
@@ -539,12 +539,13 @@ def _no_minus_zero(x):
     return None if x is None else x + 0.0
 
 
-def _as_date(d: date | str) -> date:
-    if isinstance(d, datetime):
-        return d.date()
-    if isinstance(d, date):
-        return d
+def as_date(value: date | str, name: str = "date") -> date:
+    """A date argument (date, datetime or 'YYYY-MM-DD') as a date; anything else is an error naming `name`."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
     try:
-        return date.fromisoformat(str(d))
+        return date.fromisoformat(str(value))
     except ValueError:
-        raise ValueError(f"date {d!r} is not YYYY-MM-DD") from None
+        raise ValueError(f"{name} {value!r} is not a date (YYYY-MM-DD)") from None
