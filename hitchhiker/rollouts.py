@@ -30,6 +30,7 @@ from typing import Callable, ContextManager
 
 import duckdb
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from hitchhiker import contract, db, replay
 from hitchhiker.states import as_date
@@ -177,10 +178,15 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
     actions, n_valid, n_rows, n_tokens, written = Counter(), 0, 0, 0, 0
     if progress:
         progress(0, len(todo))
+    # Batches of similar prompt lengths: a batch is padded to its longest prompt, so mixing a 460-token prompt with
+    # an 820-token one doubles the first one's prefill. Samples do not depend on the batching (one generator per
+    # group), so the order only changes speed.
+    prompt_of = {s.state_id: policy.prompt_ids(s.messages) for s in todo}
+    todo = sorted(todo, key=lambda s: len(prompt_of[s.state_id]))
     for i in range(0, len(todo), config.groups_per_batch):
         batch = todo[i : i + config.groups_per_batch]
         gids = [group_id(s.state_id, policy.policy_version) for s in batch]
-        prompts = [policy.prompt_ids(s.messages) for s in batch]
+        prompts = [prompt_of[s.state_id] for s in batch]
         generators = [_generator(config.seed, g, policy.device) for g in gids]
         temperatures = torch.stack([
             config.temperature - config.temperature_eps
@@ -267,20 +273,24 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     eos = torch.tensor(policy.eos_token_ids, device=device)
     n_groups, group_size = temperatures.shape
     width = max(len(p) for p in prompts)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
     input_ids = torch.full((n_groups, width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros((n_groups, width), dtype=torch.long, device=device)
-    for g, p in enumerate(prompts):  # left padding: every prompt ends at the same column
-        input_ids[g, width - len(p):] = torch.tensor(p, device=device)
-        mask[g, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                logits_to_keep=1)
+    for g, p in enumerate(prompts):
+        input_ids[g, : len(p)] = torch.tensor(p, device=device)
+    # Right padding and no attention mask: causal attention alone keeps every prompt token off the padding after
+    # it, and lets SDPA take its unmasked causal kernel (about 1.7x faster on CPU than with a padding mask). The
+    # padding's keys and values are masked out while decoding; logits are kept at each prompt's last position only.
+    last = lengths - 1
+    keep = torch.unique(last)
+    out = model(input_ids=input_ids, position_ids=torch.arange(width, device=device).expand(n_groups, -1),
+                past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=keep)
     cache = out.past_key_values
-    cache.batch_repeat_interleave(group_size)  # prefill once per group, then B rows share its keys and values
-    logits = out.logits[:, -1, :].float().repeat_interleave(group_size, 0)
-    mask = mask.repeat_interleave(group_size, 0)
-    next_position = positions[:, -1:].repeat_interleave(group_size, 0) + 1
+    # prefill once per group, then B rows start from its keys and values, in buffers with room for the completion
+    cache.layers = [_GroupCacheLayer(layer, group_size, config.max_new_tokens) for layer in cache.layers]
+    logits = out.logits[torch.arange(n_groups, device=device), torch.searchsorted(keep, last)].float()
+    logits = logits.repeat_interleave(group_size, 0)
+    mask = (torch.arange(width, device=device) < lengths[:, None]).long().repeat_interleave(group_size, 0)
+    next_position = lengths[:, None].repeat_interleave(group_size, 0)
     temps = temperatures.to(device=device, dtype=torch.float32).reshape(-1, 1)
     rows = n_groups * group_size
     done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -317,6 +327,37 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
             group.append((ids, lps))
         results.append(group)
     return results
+
+
+class _GroupCacheLayer(DynamicLayer):
+    """A prefilled layer of keys and values, repeated to each group's rows once, into a buffer with room for
+    `room` more tokens that decoding fills in place.
+
+    Written here because transformers' caches either copy the whole cache at every step (DynamicLayer's `cat`:
+    most of the decode time at 128 rows x 800 tokens on CPU) or attend over their full preallocated length and
+    allocate it zeroed (StaticLayer); this one returns a view of exactly the tokens so far.
+    """
+
+    def __init__(self, prefilled: DynamicLayer, group_size: int, room: int):
+        super().__init__()
+        keys, values = prefilled.keys, prefilled.values
+        n, heads, length, _ = keys.shape
+        self.dtype, self.device, self.is_initialized, self.length = keys.dtype, keys.device, True, length
+        self._keys = keys.new_empty((n * group_size, heads, length + room, keys.shape[-1]))
+        self._values = values.new_empty((n * group_size, heads, length + room, values.shape[-1]))
+        for buffer, prefix in ((self._keys, keys), (self._values, values)):
+            buffer[:, :, :length].view(n, group_size, heads, length, -1).copy_(prefix[:, None])
+        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            raise RuntimeError(f"group cache full: {end} tokens > {self._keys.shape[-2]}")
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
 
 
 def sampling_logprobs(logits: torch.Tensor, temperatures: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
