@@ -274,22 +274,40 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     n_groups, group_size = temperatures.shape
     width = max(len(p) for p in prompts)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
+    cache = DynamicCache(config=model.config)
     input_ids = torch.full((n_groups, width), pad, dtype=torch.long, device=device)
-    for g, p in enumerate(prompts):
-        input_ids[g, : len(p)] = torch.tensor(p, device=device)
-    # Right padding and no attention mask: causal attention alone keeps every prompt token off the padding after
-    # it, and lets SDPA take its unmasked causal kernel (about 1.7x faster on CPU than with a padding mask). The
-    # padding's keys and values are masked out while decoding; logits are kept at each prompt's last position only.
-    last = lengths - 1
-    keep = torch.unique(last)
-    out = model(input_ids=input_ids, position_ids=torch.arange(width, device=device).expand(n_groups, -1),
-                past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=keep)
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
+        # Full attention in every layer: right padding and no attention mask. Causal attention alone keeps every
+        # prompt token off the padding after it, and SDPA takes its unmasked causal kernel (about 1.7x faster on CPU
+        # than with a padding mask). The padding's keys and values are masked out while decoding; logits are kept at
+        # each prompt's last position only.
+        for g, p in enumerate(prompts):
+            input_ids[g, : len(p)] = torch.tensor(p, device=device)
+        mask = torch.arange(width, device=device) < lengths[:, None]
+        last = lengths - 1
+        keep = torch.unique(last)
+        out = model(input_ids=input_ids, position_ids=torch.arange(width, device=device).expand(n_groups, -1),
+                    past_key_values=cache, use_cache=True, logits_to_keep=keep)
+        logits = out.logits[torch.arange(n_groups, device=device), torch.searchsorted(keep, last)].float()
+    else:
+        # Sliding-window layers (some hub models) keep only a prompt's last tokens, which right padding would fill
+        # with padding: left padding and a padding mask, so that every prompt ends at the last column.
+        mask = torch.arange(width, device=device) >= (width - lengths)[:, None]
+        for g, p in enumerate(prompts):
+            input_ids[g, width - len(p):] = torch.tensor(p, device=device)
+        out = model(input_ids=input_ids, attention_mask=mask.long(), position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
     cache = out.past_key_values
     # prefill once per group, then B rows start from its keys and values, in buffers with room for the completion
-    cache.layers = [_GroupCacheLayer(layer, group_size, config.max_new_tokens) for layer in cache.layers]
-    logits = out.logits[torch.arange(n_groups, device=device), torch.searchsorted(keep, last)].float()
+    # (other kinds of layer, e.g. sliding-window ones, are repeated by their own method)
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer:
+            cache.layers[i] = _GroupCacheLayer(layer, group_size, config.max_new_tokens)
+        else:
+            layer.batch_repeat_interleave(group_size)
     logits = logits.repeat_interleave(group_size, 0)
-    mask = (torch.arange(width, device=device) < lengths[:, None]).long().repeat_interleave(group_size, 0)
+    mask = mask.long().repeat_interleave(group_size, 0)
     next_position = lengths[:, None].repeat_interleave(group_size, 0)
     temps = temperatures.to(device=device, dtype=torch.float32).reshape(-1, 1)
     rows = n_groups * group_size

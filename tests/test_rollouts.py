@@ -230,3 +230,36 @@ def test_the_vllm_backend_without_vllm_names_the_extra(real_db, policy, tmp_path
     with pytest.raises(ImportError, match=r"\[vllm\]"):
         rollouts.sample_states(policy, _states(real_db, 1), SamplingConfig(backend="vllm"), tmp_path)
     assert not any(tmp_path.glob(replay.GLOB))
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_group_sampler_matches_a_full_forward_of_each_completion(sliding):
+    """Prompts of unequal lengths batched together give, per sample, the log-probabilities of a plain forward of
+    prompt + completion: with full attention (right-padded unmasked prefill, the sampler's own KV buffer) and with
+    a sliding-window layer as some hub models have (left-padded masked prefill, that layer repeated by its own
+    method; right padding would leave only padding in its window)."""
+    from types import SimpleNamespace
+
+    from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, use_sliding_window=sliding, sliding_window=12,
+        max_window_layers=1, layer_types=["sliding_attention" if sliding else "full_attention", "full_attention"])).eval()
+    kinds = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
+    assert kinds == ({"DynamicSlidingWindowLayer", "DynamicLayer"} if sliding else {"DynamicLayer"})
+    fake = SimpleNamespace(model=model, device=torch.device("cpu"), tokenizer=SimpleNamespace(pad_token_id=0),
+                           eos_token_ids=[1])
+    prompts = [list(range(2, 2 + n)) for n in (9, 30, 17)]  # longer and shorter than the window
+    generators = [torch.Generator().manual_seed(i) for i in range(3)]
+    temperatures = torch.tensor([[0.6, 0.9], [0.7, 0.8], [1.0, 0.65]], dtype=torch.float64)
+    groups = rollouts.sample_token_groups(fake, prompts, temperatures, generators,
+                                          SamplingConfig(group_size=2, max_new_tokens=10))
+    for prompt, temps, group in zip(prompts, temperatures.tolist(), groups):
+        for t, (ids, lps) in zip(temps, group):
+            assert len(ids) == len(lps) >= 1
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1]
+            expected = torch.log_softmax(logits / t, -1).gather(1, torch.tensor(ids)[:, None]).squeeze(1)
+            assert torch.allclose(expected, torch.tensor(lps, dtype=torch.float32), atol=1e-4)
