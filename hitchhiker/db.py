@@ -14,7 +14,10 @@ DEFAULT_DB = "hitchhiker.duckdb"
 # New files are written in the storage format of DuckDB 1.5, so that the `duckdb` command-line tool users already
 # have (PyPI's duckdb-cli is 1.5.x) opens the store for ad-hoc SQL; DuckDB 2.0 reads and writes it unchanged.
 STORAGE_COMPATIBILITY = "v1.5.0"
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# The SQL files: inside the package in an installed wheel (pyproject maps sql/ to hitchhiker/sql), else the top-level
+# sql/ of the checkout (the editable install of the README).
+_PACKAGE_DIR = Path(__file__).resolve().parent
+SQL_DIR = _PACKAGE_DIR / "sql" if (_PACKAGE_DIR / "sql" / "migrations").is_dir() else _PACKAGE_DIR.parent / "sql"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
