@@ -4,15 +4,17 @@ Same model (the default small model), same real pairwise states (prices and head
 full rendering), same per-sample temperatures (the naive loop reuses the ones the group sampler drew), same
 max_new_tokens, both stopping at the end token; top_p 1. hitchhiker encodes each prompt once per group, decodes
 `groups_per_batch` groups together and writes the groups to the replay buffer (the write is inside its time);
-the baseline calls `model.generate(do_sample=True)` once per sample and keeps the tokens in memory.
+the baseline calls `model.generate(do_sample=True)` once per sample and keeps the tokens in memory. The two
+alternate `--repeats` times (each hitchhiker run into a fresh replay root); medians are compared.
 
-    .venv/bin/python bench/rollouts.py [--states 40] [--group-size 8] [--max-new-tokens 32]
+    .venv/bin/python bench/rollouts.py [--states 40] [--group-size 8] [--max-new-tokens 32] [--repeats 3]
 Ends with: RESULT rollouts ratio=<hitchhiker tokens/s / naive tokens/s> target=>=5 PASS|FAIL
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -81,6 +83,7 @@ def main() -> int:
     parser.add_argument("--states", type=int, default=40)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     from hitchhiker.policy import load_policy
@@ -95,11 +98,18 @@ def main() -> int:
         print(f"{len(states)} real pairwise states, prompts {min(lengths)}..{max(lengths)} tokens; "
               f"group_size {config.group_size}, max_new_tokens {config.max_new_tokens}, device {policy.device}", flush=True)
         run_hitchhiker(policy, states[:2], config, work / "warmup")  # one-time setup (kernels, allocator)
-        hh_s, hh_tokens, temps = run_hitchhiker(policy, states, config, work / "replay")
-        naive_s, naive_tokens = run_naive(policy, states, config, temps)
+        hh_runs, naive_runs = [], []
+        for k in range(args.repeats):  # alternating, so that load on a shared machine hits both alike
+            hh_s, hh_tokens, temps = run_hitchhiker(policy, states, config, work / f"replay-{k}")  # a fresh root
+            naive_s, naive_tokens = run_naive(policy, states, config, temps)
+            hh_runs.append(hh_s)
+            naive_runs.append(naive_s)
+    hh_s, naive_s = statistics.median(hh_runs), statistics.median(naive_runs)
     hh_rate, naive_rate = hh_tokens / hh_s, naive_tokens / naive_s
-    print(f"hitchhiker batched groups : {hh_tokens:6d} completion tokens in {hh_s:7.2f}s = {hh_rate:8.1f} tokens/s")
-    print(f"naive generate per sample : {naive_tokens:6d} completion tokens in {naive_s:7.2f}s = {naive_rate:8.1f} tokens/s")
+    print(f"hitchhiker batched groups : {hh_tokens:6d} completion tokens in {hh_s:7.2f}s = {hh_rate:8.1f} tokens/s "
+          f"(median of {', '.join(f'{s:.2f}' for s in hh_runs)})")
+    print(f"naive generate per sample : {naive_tokens:6d} completion tokens in {naive_s:7.2f}s = {naive_rate:8.1f} tokens/s "
+          f"(median of {', '.join(f'{s:.2f}' for s in naive_runs)})")
     ratio = hh_rate / naive_rate
     print(f"RESULT rollouts ratio={ratio:.2f} target=>={TARGET:g} {'PASS' if ratio >= TARGET else 'FAIL'}")
     return 0
