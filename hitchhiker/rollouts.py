@@ -313,7 +313,7 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     rows = n_groups * group_size
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens, logprobs = [], []
-    for _ in range(config.max_new_tokens):
+    for step in range(config.max_new_tokens):
         logp = sampling_logprobs(logits, temps, config.top_p)
         noise = torch.cat([_gumbel((group_size, logp.shape[-1]), g) for g in generators])
         # Gumbel-max: argmax(log p + Gumbel) is an exact draw from p, with per-group generators.
@@ -322,7 +322,7 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
         tokens.append(token)
         logprobs.append(torch.where(done, 0.0, logp.gather(1, token[:, None]).squeeze(1)))
         done = done | torch.isin(token, eos)
-        if bool(done.all()):
+        if bool(done.all()) or step == config.max_new_tokens - 1:  # the last token needs no forward pass
             break
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position, past_key_values=cache,
