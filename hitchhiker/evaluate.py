@@ -215,8 +215,6 @@ def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=No
     return pd.Series(decisions["decision_id"].map(by_id).astype(float).to_numpy(), index=decisions.index), spec.reward_spec
 
 
-
-
 # --- the run ------------------------------------------------------------------------------------------------------
 
 def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),

@@ -30,7 +30,6 @@ from typing import Callable, ContextManager
 
 import duckdb
 import torch
-from transformers.cache_utils import DynamicLayer
 
 from hitchhiker import contract, db, replay
 from hitchhiker.states import as_date
@@ -102,8 +101,6 @@ def _check_selection(start, end, mode) -> tuple[date, date]:
     if mode is not None and mode not in contract.MODES:
         raise ValueError(f"mode {mode!r} is not one of {contract.MODES}")
     return first, last
-
-
 
 
 def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[State]:
@@ -268,6 +265,8 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     """
     from transformers import DynamicCache
 
+    from hitchhiker import kv_cache
+
     model, device = policy.model, policy.device
     pad = policy.tokenizer.pad_token_id
     eos = torch.tensor(policy.eos_token_ids, device=device)
@@ -276,7 +275,7 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     cache = DynamicCache(config=model.config)
     input_ids = torch.full((n_groups, width), pad, dtype=torch.long, device=device)
-    if all(type(layer) is DynamicLayer for layer in cache.layers):
+    if kv_cache.full_attention(cache):
         # Full attention in every layer: right padding and no attention mask. Causal attention alone keeps every
         # prompt token off the padding after it, and SDPA takes its unmasked causal kernel (about 1.7x faster on CPU
         # than with a padding mask). The padding's keys and values are masked out while decoding; logits are kept at
@@ -299,13 +298,7 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
                     past_key_values=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
     cache = out.past_key_values
-    # prefill once per group, then B rows start from its keys and values, in buffers with room for the completion
-    # (other kinds of layer, e.g. sliding-window ones, are repeated by their own method)
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer:
-            cache.layers[i] = _GroupCacheLayer(layer, group_size, config.max_new_tokens)
-        else:
-            layer.batch_repeat_interleave(group_size)
+    kv_cache.repeat_for_groups(cache, group_size, config.max_new_tokens)  # prefill once per group, B rows decode
     logits = logits.repeat_interleave(group_size, 0)
     mask = mask.long().repeat_interleave(group_size, 0)
     next_position = lengths[:, None].repeat_interleave(group_size, 0)
@@ -345,37 +338,6 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
             group.append((ids, lps))
         results.append(group)
     return results
-
-
-class _GroupCacheLayer(DynamicLayer):
-    """A prefilled layer of keys and values, repeated to each group's rows once, into a buffer with room for
-    `room` more tokens that decoding fills in place.
-
-    Written here because transformers' caches either copy the whole cache at every step (DynamicLayer's `cat`:
-    most of the decode time at 128 rows x 800 tokens on CPU) or attend over their full preallocated length and
-    allocate it zeroed (StaticLayer); this one returns a view of exactly the tokens so far.
-    """
-
-    def __init__(self, prefilled: DynamicLayer, group_size: int, room: int):
-        super().__init__()
-        keys, values = prefilled.keys, prefilled.values
-        n, heads, length, _ = keys.shape
-        self.dtype, self.device, self.is_initialized, self.length = keys.dtype, keys.device, True, length
-        self._keys = keys.new_empty((n * group_size, heads, length + room, keys.shape[-1]))
-        self._values = values.new_empty((n * group_size, heads, length + room, values.shape[-1]))
-        for buffer, prefix in ((self._keys, keys), (self._values, values)):
-            buffer[:, :, :length].view(n, group_size, heads, length, -1).copy_(prefix[:, None])
-        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + key_states.shape[-2]
-        if end > self._keys.shape[-2]:
-            raise RuntimeError(f"group cache full: {end} tokens > {self._keys.shape[-2]}")
-        self._keys[:, :, self.length:end] = key_states
-        self._values[:, :, self.length:end] = value_states
-        self.length = end
-        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-        return self.keys, self.values
 
 
 def sampling_logprobs(logits: torch.Tensor, temperatures: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
