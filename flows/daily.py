@@ -41,12 +41,10 @@ def _today() -> str:
 
 
 def _day(value: str | None, name: str = "date") -> str:
-    if value is None:
-        return _today()
-    try:
-        return Date.fromisoformat(str(value)).isoformat()
-    except ValueError:
-        raise ValueError(f"{name} {value!r} is not a date YYYY-MM-DD") from None
+    """A date parameter as YYYY-MM-DD (None: today in New York); anything else is an error naming it."""
+    from hitchhiker.states import as_date
+
+    return _today() if value is None else as_date(value, name).isoformat()
 
 
 def _daily_run_name() -> str:

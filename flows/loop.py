@@ -39,7 +39,7 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
                 cfg = LoopConfig(train_dates=trading_days(con, train_start, train_end),
                                  eval_dates=trading_days(con, eval_start, eval_end), iterations=iterations,
                                  model=model, eval_every=eval_every, seed=seed)
-            out = Path(out_dir) if out_dir else db.db_path(db_path).parent / f"{db.db_path(db_path).stem}_loop"
+            out = Path(out_dir) if out_dir else db.beside(db_path, "loop")
             res = run_loop(con, cfg, out, default_root(db_path),
                            on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
         finally:
@@ -62,7 +62,7 @@ def _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end,
     else:
         cfg = beta_loop.BetaLoopConfig(train_dates=trading_days(con, train_start, train_end),
                                        eval_dates=trading_days(con, eval_start, eval_end), iterations=iterations, seed=seed)
-    out = Path(out_dir) if out_dir else db.db_path(db_path).parent / f"{db.db_path(db_path).stem}_loop"
+    out = Path(out_dir) if out_dir else db.beside(db_path, "loop")
     res = beta_loop.run_beta_loop(con, cfg, out, default_root(db_path),
                                   on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
     keys = ("iteration", "seconds", "mean_reward_usd", "random_mean_reward_usd", "mean_position", "n", "checkpoint_id")

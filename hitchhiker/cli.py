@@ -408,7 +408,7 @@ def _cmd_loop(args) -> int:
                              eval_every=args.eval_every, seed=args.seed)
         cfg.grpo.finetune = args.finetune
         cfg.states = dataclasses.replace(cfg.states, style=args.style)
-        out = _loop_dir(args)
+        out = Path(args.out) if args.out else db.beside(args.db, "loop")
         res = run_loop(con, cfg, out, default_root(args.db), on_iteration=lambda r: print(
             f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out accuracy {r['accuracy']:.3f} "
             f"(n={r['n']}, p={r['p_value']:.2g})  valid {r['valid_rate']:.3f}", flush=True))
@@ -418,16 +418,9 @@ def _cmd_loop(args) -> int:
     return 0
 
 
-def _loop_dir(args):
-    """The loop's run folder: --out, else <db stem>_loop/ beside the database."""
+def _cmd_loop_beta(args) -> int:
     from pathlib import Path
 
-    from hitchhiker import db
-
-    return Path(args.out) if args.out else db.db_path(args.db).parent / f"{db.db_path(args.db).stem}_loop"
-
-
-def _cmd_loop_beta(args) -> int:
     from hitchhiker import beta_loop, db
     from hitchhiker.replay import default_root
     from hitchhiker.states import trading_days
@@ -444,7 +437,7 @@ def _cmd_loop_beta(args) -> int:
             cfg = beta_loop.BetaLoopConfig(train_dates=trading_days(con, args.train_start, args.train_end),
                                            eval_dates=trading_days(con, args.eval_start, args.eval_end),
                                            tickers=_csv_list(args.tickers) if args.tickers else None, **common)
-        out = _loop_dir(args)
+        out = Path(args.out) if args.out else db.beside(args.db, "loop")
         res = beta_loop.run_beta_loop(con, cfg, out, default_root(args.db), on_iteration=lambda r: print(
             f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out mean reward_usd {r['mean_reward_usd']:+.5f} "
             f"(random {r['random_mean_reward_usd']:+.5f}, n={r['n']})  mean position {r['mean_position']:.3f}", flush=True))

@@ -34,6 +34,13 @@ def db_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("HITCHHIKER_DB") or DEFAULT_DB)
 
 
+def beside(path: str | os.PathLike | None, name: str) -> Path:
+    """`<database file stem>_<name>/` in the database file's folder: where the replay, checkpoints, reports and loop
+    runs of a store live by default."""
+    p = db_path(path)
+    return p.parent / f"{p.stem}_{name}"
+
+
 def connect(path: str | os.PathLike | None = None, read_only: bool = False, migrate_schema: bool = True) -> duckdb.DuckDBPyConnection:
     """Open the store (creating and migrating it unless read-only); a held lock is a clear StoreLockedError."""
     p = db_path(path)

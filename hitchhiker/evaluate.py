@@ -370,8 +370,7 @@ def _reports_dir(con, config: EvalConfig) -> Path:
     ((path,),) = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
     if not path or path == ":memory:":
         return Path(tempfile.gettempdir()) / "hitchhiker_reports"
-    p = Path(path)
-    return p.parent / f"{p.stem}_reports"
+    return db.beside(path, "reports")
 
 
 def training_rewards(con, checkpoint_id: str, spec_name: str) -> list[tuple[int, float]]:

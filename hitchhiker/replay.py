@@ -50,8 +50,7 @@ GLOB = "decision_date=*/pair=*/*.parquet"
 
 def default_root(db_file: str | os.PathLike | None = None) -> Path:
     """`<db file stem>_replay/` beside the database file."""
-    p = db.db_path(db_file).resolve()
-    return p.parent / f"{p.stem}_replay"
+    return db.beside(db.db_path(db_file).resolve(), "replay")
 
 
 def group_path(root: str | os.PathLike, decision_date: date | str, pair: str, group_id: str) -> Path:

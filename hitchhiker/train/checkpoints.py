@@ -39,8 +39,7 @@ def base_model_path(base_model: str) -> str:
 
 def default_checkpoints_root(db_file: str | os.PathLike | None) -> Path:
     """`<db file stem>_checkpoints/` beside the DuckDB file (as the replay root sits beside it)."""
-    p = db.db_path(db_file)
-    return p.parent / f"{p.stem}_checkpoints"
+    return db.beside(db_file, "checkpoints")
 
 
 def save(
