@@ -12,7 +12,6 @@ There are no tokens: `prompt_ids` and `completion_ids` are empty, `temperature` 
 """
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,14 +23,9 @@ import torch
 from hitchhiker import contract, db, replay
 from hitchhiker.beta_features import FeatureSpec, feature_matrix, load_inputs
 from hitchhiker.beta_head import BetaHead, load_head, sample_positions
-from hitchhiker.rollouts import group_id
+from hitchhiker.rollouts import group_generator, group_id
 
 ACTION_STEP = 0.25  # evaluation's action label: the mean position rounded to this (a readable action mix)
-
-
-def _generator(seed: int, gid: str) -> torch.Generator:
-    """One generator per group, as the LLM sampler does: a group's draws do not depend on the other groups."""
-    return torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}:{gid}".encode()).hexdigest()[:15], 16))
 
 
 def sample_groups(con: duckdb.DuckDBPyConnection, head: BetaHead, spec: FeatureSpec, policy_version: str,
@@ -52,7 +46,7 @@ def sample_groups(con: duckdb.DuckDBPyConnection, head: BetaHead, spec: FeatureS
         records = inputs.to_dict("records")
         for row, i in enumerate(todo):
             state = records[i]
-            pos, logp = sample_positions(head, x[row:row + 1], group_size, _generator(seed, gids[i]))
+            pos, logp = sample_positions(head, x[row:row + 1], group_size, group_generator(seed, gids[i]))
             rows = [_row(state["state_id"], gids[i], policy_version, k, float(p), float(lp), now)
                     for k, (p, lp) in enumerate(zip(pos[0].tolist(), logp[0].tolist()))]
             if replay.write_group(root, state["decision_date"], state["pair"], gids[i], rows) is not None:

@@ -184,7 +184,7 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         batch = todo[i : i + config.groups_per_batch]
         gids = [group_id(s.state_id, policy.policy_version) for s in batch]
         prompts = [prompt_of[s.state_id] for s in batch]
-        generators = [_generator(config.seed, g, policy.device) for g in gids]
+        generators = [group_generator(config.seed, g, policy.device) for g in gids]
         temperatures = torch.stack([
             config.temperature - config.temperature_eps
             + 2 * config.temperature_eps * torch.rand(config.group_size, generator=g, device=g.device).double().cpu()
@@ -248,7 +248,7 @@ def _row(policy, state: State, gid: str, prompt: list[int], k: int, temperature:
     }
 
 
-def _generator(seed: int, gid: str, device: torch.device) -> torch.Generator:
+def group_generator(seed: int, gid: str, device: torch.device = torch.device("cpu")) -> torch.Generator:
     """A generator per group, so a group's samples do not depend on which other groups share its batch."""
     g = torch.Generator(device=device)
     g.manual_seed(int(hashlib.sha256(f"{seed}:{gid}".encode()).hexdigest()[:15], 16))
