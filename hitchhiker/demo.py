@@ -123,12 +123,11 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
 def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> DemoResult:
     from hitchhiker import demo_data, evaluate, news, prices, report, states
     from hitchhiker.loop import LoopConfig, run_loop
-    from hitchhiker.policy import BUILDER_VERSION, default_model_path, hitchhiker_home
+    from hitchhiker.policy import default_model_cached, default_model_path
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    cached = (hitchhiker_home() / "models" / BUILDER_VERSION / "config.json").is_file()
-    log(f"default small model: {'cached' if cached else 'building it once (cached for later runs)'} ...")
+    log(f"default small model: {'cached' if default_model_cached() else 'building it once (cached for later runs)'} ...")
     model = default_model_path()
     seconds["model"] = time.perf_counter() - t
     log(f"  {model} ({seconds['model']:.0f} s)")

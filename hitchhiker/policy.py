@@ -89,14 +89,23 @@ def hitchhiker_home() -> Path:
     return Path(os.environ.get("HITCHHIKER_HOME") or Path.home() / ".cache" / "hitchhiker")
 
 
+def default_model_cached() -> bool:
+    """Whether the default small model of this BUILDER_VERSION is already built (default_model_path returns at once)."""
+    return (_default_model_dir() / "config.json").is_file()
+
+
+def _default_model_dir() -> Path:
+    return hitchhiker_home() / "models" / BUILDER_VERSION
+
+
 def default_model_path() -> Path:
     """The default small model's folder (model + tokenizer), built once per BUILDER_VERSION and cached."""
-    target = hitchhiker_home() / "models" / BUILDER_VERSION
-    if (target / "config.json").is_file():
+    target = _default_model_dir()
+    if default_model_cached():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{BUILDER_VERSION}.lock"):
-        if (target / "config.json").is_file():  # another process built it while we waited
+        if default_model_cached():  # another process built it while we waited
             return target
         work = Path(tempfile.mkdtemp(prefix=f".{BUILDER_VERSION}-", dir=target.parent))
         try:
