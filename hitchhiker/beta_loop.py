@@ -84,11 +84,12 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
                   on_iteration: Callable[[dict], None] | None = None) -> BetaLoopResult:
     """Run the loop; evaluations (iteration 0 = the untrained head) are returned and passed to on_iteration."""
     from hitchhiker.beta_rollouts import sample_groups, training_rows
+    from hitchhiker.loop import check_held_out_dates
     from hitchhiker.policy import load_tokenizer
     from hitchhiker.rewards import compute_rewards
     from hitchhiker.states import build_states
 
-    _check_dates(con, config)
+    check_held_out_dates(con, config)  # the LLM loop's rule
     train_dates, val_dates = _split(config)
     out_dir = Path(out_dir)
     threads = torch.get_num_threads()
@@ -213,19 +214,6 @@ class Pricing:
             self._unit = np.nan_to_num(self.rewards(self.decisions(np.ones(len(self.states)), "unit")))
         unit = torch.tensor(self._unit, dtype=torch.float32)
         return lambda p: p * unit
-
-
-def _check_dates(con, config: BetaLoopConfig) -> None:
-    """Held-out dates must come after every training (and validation) date's reward window: the LLM loop's rule."""
-    if not config.train_dates or not config.eval_dates:
-        raise ValueError("train_dates and eval_dates must both be non-empty")
-    horizon = max(config.states.horizon_days, config.reward.horizon_days)
-    ((last_exit,),) = con.execute(
-        "SELECT max(date) FROM (SELECT DISTINCT date FROM prices WHERE date > ? ORDER BY date LIMIT ?)",
-        [max(config.train_dates), horizon]).fetchall()
-    if last_exit is None or min(config.eval_dates) <= last_exit:
-        raise ValueError(f"held-out dates must come after the last training date {max(config.train_dates)} plus its "
-                         f"{horizon}-day reward horizon (ends {last_exit}); first eval date is {min(config.eval_dates)}")
 
 
 def _split(config: BetaLoopConfig) -> tuple[list[date], list[date]]:

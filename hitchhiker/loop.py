@@ -77,7 +77,7 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
     from hitchhiker.train.data import load_groups
     from hitchhiker.train.grpo import train_grpo
 
-    _check_dates(con, config)
+    check_held_out_dates(con, config)
     out_dir, replay_root = Path(out_dir), Path(replay_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out_dir / "tensorboard"))
@@ -179,8 +179,10 @@ def greedy_accuracy(con, policy, state_ids: list[str], batch_size: int = 64) -> 
             "p_value": binomial_p_greater(correct, n), "share_a": actions["A"] / max(valid, 1)}
 
 
-def _check_dates(con, config: LoopConfig) -> None:
-    """Held-out dates must come after every training date's reward window (no overlap of what was learned)."""
+def check_held_out_dates(con, config) -> None:
+    """Held-out dates must come after every training date's reward window (no overlap of what was learned).
+    config: any loop's config with train_dates, eval_dates, states.horizon_days and reward.horizon_days (the LLM
+    loop's and the Beta head's)."""
     if not config.train_dates or not config.eval_dates:
         raise ValueError("train_dates and eval_dates must both be non-empty")
     horizon = max(config.states.horizon_days, config.reward.horizon_days)
