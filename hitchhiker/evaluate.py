@@ -190,7 +190,7 @@ def _load_candidate(con, candidate: str, config: EvalConfig):
 def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=None) -> tuple[pd.Series, str]:
     """reward_usd of each decision row (index-aligned; NaN where not matured) and the spec's versioned name.
 
-    Runs the rewards stage's own sql/rewards.sql over the decisions (its `decisions` relation, with the variables
+    Runs the rewards stage's own sql/rewards.sql over the decisions (`rewards.flat_decisions`, with the variables
     its `set_spec_variables` sets), so a baseline is paid by exactly the formula that pays the policy, invalid
     completions included (their penalty is the spec's).
     """
@@ -206,11 +206,8 @@ def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=No
     if rel["decision_id"].duplicated().any():
         raise ValueError("decision ids must be unique within one pricing call")
     rewards.set_spec_variables(con, spec)
-    con.register("decisions", rel)
-    try:
+    with rewards.flat_decisions(con, rel):
         priced = con.execute(f"SELECT decision_id, reward_usd FROM ({db.sql_text('rewards')})").df()
-    finally:
-        con.unregister("decisions")
     by_id = priced.set_index("decision_id")["reward_usd"]
     return pd.Series(decisions["decision_id"].map(by_id).astype(float).to_numpy(), index=decisions.index), spec.reward_spec
 

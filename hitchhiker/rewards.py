@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -110,6 +111,7 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
                     [spec.reward_spec, json.dumps(asdict(spec)), sql_sha256(), computed_at])
         # Materialized once: the replay view may scan many Parquet files, and three statements read it.
         con.execute("CREATE OR REPLACE TEMP TABLE decisions AS " + db.sql_text("rewards/pending"))
+        con.execute("CREATE OR REPLACE TEMP TABLE decision_markets AS " + db.sql_text("rewards/pending_markets"))
         pending, distinct = con.execute("SELECT count(*), count(DISTINCT decision_id) FROM decisions").fetchall()[0]
         if distinct != pending:  # `rewards` has no index to refuse a repeat: (rollout_id, reward_spec) stays unique here
             repeated = [r for (r,) in con.execute(
@@ -121,6 +123,7 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
         total = con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchall()[0][0]
         con.execute("DROP VIEW reward_rows")
         con.execute("DROP TABLE decisions")
+        con.execute("DROP TABLE decision_markets")
         ensure_advantages_view(con)
     return {"reward_spec": spec.reward_spec, "pending": pending, "inserted": inserted, "waiting": pending - inserted,
             "total": total, "computed_at": computed_at.isoformat()}
@@ -148,18 +151,28 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
     if unknown:
         raise ValueError(f"{csv_path}: tickers with no prices in the store: {', '.join(unknown[:10])}")
     set_spec_variables(con, spec)
-    con.register("decisions", decisions)
-    try:
+    with flat_decisions(con, decisions):
         _check_decisions(con, str(csv_path))
-        out = con.execute(
+        return con.execute(
             "SELECT d.decision_date, d.mode, d.ticker_a, d.ticker_b, d.action_text AS action, d.proportion, "
             "r.entry_date, r.exit_date, r.reward_usd, r.flags "
-            f"FROM decisions AS d LEFT JOIN ({db.sql_text('rewards')}) AS r USING (decision_id) "
+            f"FROM decision_rows AS d LEFT JOIN ({db.sql_text('rewards')}) AS r USING (decision_id) "
             "ORDER BY d.decision_id"
         ).df()
+
+
+@contextmanager
+def flat_decisions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame):
+    """Within the block, sql/rewards.sql prices `frame` (one row per decision: decision_id, decision_date, mode,
+    ticker_a, ticker_b, action, proportion, position, valid, history_days), registered as `decision_rows`."""
+    con.register("decision_rows", frame)
+    try:
+        con.execute(db.sql_text("rewards/flat_decisions"))
+        yield
     finally:
-        con.unregister("decisions")
-    return out
+        con.execute("DROP VIEW IF EXISTS decisions")
+        con.execute("DROP VIEW IF EXISTS decision_markets")
+        con.unregister("decision_rows")
 
 
 def _read_actions(path: Path, history_days: int) -> pd.DataFrame:

@@ -1,9 +1,15 @@
 -- Dollar-normalized rewards: what $1.00 put to work as a decision said would have earned over the horizon.
 -- Unit of every *_usd column and of return_*: US dollars per $1 of capital (0.01 = one cent = 1 %).
 --
--- Input: a relation `decisions(decision_id, decision_date, mode, ticker_a, ticker_b, action, proportion, position,
--- valid, history_days)` (compute: sql/rewards/pending.sql, the replay joined with states; preview: a user's CSV)
--- and the table `prices`. Parameters are DuckDB variables that hitchhiker.rewards sets from a RewardSpec; to run
+-- Input: two relations and the table `prices`.
+--   decision_markets(market_key, decision_date, ticker_a, ticker_b, history_days): what a decision is priced on; one
+--     row per market_key (compute: the states of the pending rollouts, sql/rewards/pending_markets.sql; preview and
+--     evaluation: each decision its own market, sql/rewards/flat_decisions.sql). ticker_b is NULL for elementwise.
+--   decisions(decision_id, market_key, mode, action, proportion, position, valid, ...): what was decided; any other
+--     column is passed through (compute: the pending rollouts of the replay, sql/rewards/pending.sql).
+-- Keeping the two apart means the per-market work (calendar, prices, returns) is done once per state and joined to
+-- its rollouts by one key, instead of joining every rollout to its state's tickers first (1M rollouts, 125k states).
+-- Parameters are DuckDB variables that hitchhiker.rewards sets from a RewardSpec; to run
 -- this file by hand, SET VARIABLE each of:
 --   reward_horizon_days         INTEGER  sessions the position is exposed (exit = the h-th trading day after T)
 --   reward_entry                VARCHAR  'next_open' (adjusted open of the first trading day after T) | 'decision_close'
@@ -11,8 +17,9 @@
 --   reward_cost_bps             DOUBLE   cost per leg traded, basis points of the leg's dollars
 --   reward_risk_lambda          DOUBLE   risk penalty per unit of |weight| x daily volatility (0 = off)
 --   reward_invalid_penalty_usd  DOUBLE   what an unparseable completion costs
--- Output: the decision's columns plus weights, entry/exit dates, returns, costs and reward_usd, one row per
--- decision whose exit price exists (matured); a decision of today is absent, not NULL.
+-- Output: the decision's columns plus its market's decision_date, ticker_a and ticker_b, weights, entry/exit dates,
+-- returns, costs and reward_usd, one row per decision whose exit price exists (matured); a decision of today is
+-- absent, not NULL.
 --
 -- Trading days are the dates present in `prices` for the ticker (for a pair: the dates on which both have prices).
 -- With T the decision date, the exit is the close of the h-th trading day after T; the entry is the open of the
@@ -29,14 +36,17 @@
 -- trading days and entry and exit are exact (`direct`, nearly every market). The few where a leg misses one of
 -- those days (a halted stock) walk the pair's common days one by one (`walked`).
 WITH
--- The distinct markets the decisions need: (A, B, T, history). Elementwise decisions use A's own calendar (B := A).
+-- The markets the decisions need, numbered. Elementwise markets use A's own calendar (B := A, `single`).
 markets AS MATERIALIZED (
-    SELECT row_number() OVER () AS market_id, *
-    FROM (
-        SELECT DISTINCT ticker_a, coalesce(ticker_b, ticker_a) AS ticker_b, CAST(decision_date AS DATE) AS decision_date,
-               history_days
-        FROM decisions
-    )
+    SELECT
+        row_number() OVER () AS market_id,
+        market_key,
+        ticker_a,
+        coalesce(ticker_b, ticker_a) AS ticker_b,
+        CAST(decision_date AS DATE) AS decision_date,
+        history_days,
+        ticker_b IS NULL AS single
+    FROM decision_markets
 ),
 -- Every date on which any ticker traded, numbered in order.
 market_days AS MATERIALIZED (
@@ -190,14 +200,21 @@ volatility AS (
     JOIN daily_returns AS r ON r.ticker = l.ticker AND r.day_no = w.day_no
     GROUP BY l.market_id, l.ticker
 ),
-market_returns AS (
+market_returns AS MATERIALIZED (
     SELECT
-        l.*,
+        l.market_key,
+        l.decision_date,
+        l.ticker_a,
+        IF(l.single, NULL, l.ticker_b) AS ticker_b,
+        l.entry_date,
+        l.exit_date,
         l.exit_a / l.entry_a - 1.0 AS return_a,  -- USD per $1 long A from entry to exit
-        l.exit_b / l.entry_b - 1.0 AS return_b,
+        IF(l.single, NULL, l.exit_b / l.entry_b - 1.0) AS return_b,
         coalesce(va.sigma_1d, 0.0) AS sigma_a,
         coalesce(vb.sigma_1d, 0.0) AS sigma_b,
-        getvariable('reward_risk_lambda') <> 0 AND (va.sigma_1d IS NULL OR vb.sigma_1d IS NULL) AS no_volatility
+        nullif(concat_ws(',', IF(l.open_imputed, 'open_imputed', NULL),
+                              IF(getvariable('reward_risk_lambda') <> 0 AND (va.sigma_1d IS NULL OR vb.sigma_1d IS NULL),
+                                 'no_volatility', NULL)), '') AS flags
     FROM legs AS l
     LEFT JOIN volatility AS va ON va.market_id = l.market_id AND va.ticker = l.ticker_a
     LEFT JOIN volatility AS vb ON vb.market_id = l.market_id AND vb.ticker = l.ticker_b
@@ -221,10 +238,13 @@ weights AS (
 )
 SELECT
     w.*,                                                  -- the decision's own columns, weight_a, weight_b
+    r.decision_date,
+    r.ticker_a,
+    r.ticker_b,
     r.entry_date,
     r.exit_date,
     r.return_a,
-    IF(w.ticker_b IS NULL, NULL, r.return_b) AS return_b,
+    r.return_b,
     -- cost_usd: cost_bps/1e4 of every dollar traded, per leg (long_short trades $2, allocation $1, position |p|).
     getvariable('reward_cost_bps') / 1e4 * (abs(w.weight_a) + abs(w.weight_b)) AS cost_usd,
     -- risk_usd: lambda x |weight| x daily volatility, per leg.
@@ -232,17 +252,12 @@ SELECT
     -- reward_usd = weight_a * return_a + weight_b * return_b - cost_usd - risk_usd   (USD per $1);
     -- an invalid completion gets -invalid_penalty_usd instead. The one formula for every mode and option:
     --   pairwise long_short  r_chosen - r_other - 2 * cost;   allocation  w r_A + (1 - w) r_B - cost;
-    --   elementwise          p r - |p| cost - lambda |p| sigma.
+    --   elementwise          p r - |p| cost - lambda |p| sigma   (weight_b = 0, no B leg).
     IF(w.valid,
-       w.weight_a * r.return_a + IF(w.ticker_b IS NULL, 0.0, w.weight_b * r.return_b)
+       w.weight_a * r.return_a + IF(r.ticker_b IS NULL, 0.0, w.weight_b * r.return_b)
            - getvariable('reward_cost_bps') / 1e4 * (abs(w.weight_a) + abs(w.weight_b))
            - getvariable('reward_risk_lambda') * (abs(w.weight_a) * r.sigma_a + abs(w.weight_b) * r.sigma_b),
        -getvariable('reward_invalid_penalty_usd')) AS reward_usd,
-    nullif(concat_ws(',', IF(r.open_imputed, 'open_imputed', NULL),
-                          IF(r.no_volatility, 'no_volatility', NULL)), '') AS flags
+    r.flags
 FROM weights AS w
-JOIN market_returns AS r
-  ON r.ticker_a = w.ticker_a
- AND r.ticker_b = coalesce(w.ticker_b, w.ticker_a)
- AND r.decision_date = CAST(w.decision_date AS DATE)
- AND r.history_days = w.history_days
+JOIN market_returns AS r USING (market_key)

@@ -1,13 +1,16 @@
--- Decisions that sql/rewards.sql cannot price as they are: a valid one without the action its mode needs, a
--- pairwise one without ticker B, an elementwise one with a ticker B, or an unknown mode. compute_rewards and
--- preview refuse to run while any exist (a silent NULL reward would be worse). At most 5 are listed.
-SELECT decision_id, mode, ticker_a, ticker_b, action, proportion, position
-FROM decisions
-WHERE mode NOT IN ('pairwise', 'elementwise') OR mode IS NULL OR valid IS NULL OR ticker_a IS NULL
-   OR decision_date IS NULL OR history_days IS NULL
-   OR (mode = 'pairwise' AND ticker_b IS NULL)
-   OR (mode = 'elementwise' AND ticker_b IS NOT NULL)
-   OR (valid AND mode = 'pairwise' AND (action IS NULL OR action NOT IN ('A', 'B')))
-   OR (valid AND mode = 'pairwise' AND proportion IS NOT NULL AND NOT (proportion BETWEEN 0 AND 1))
-   OR (valid AND mode = 'elementwise' AND (position IS NULL OR isnan(position)))
+-- Decisions that sql/rewards.sql cannot price as they are: one whose market is missing, a valid one without the
+-- action its mode needs, a pairwise one without ticker B, an elementwise one with a ticker B, or an unknown mode.
+-- compute_rewards and preview refuse to run while any exist (a silent NULL reward would be worse). At most 5 are
+-- listed. Reads `decisions` and `decision_markets` (see sql/rewards.sql).
+SELECT d.decision_id, d.mode, m.ticker_a, m.ticker_b, d.action, d.proportion, d.position
+FROM decisions AS d
+LEFT JOIN decision_markets AS m USING (market_key)
+WHERE m.market_key IS NULL
+   OR d.mode NOT IN ('pairwise', 'elementwise') OR d.mode IS NULL OR d.valid IS NULL OR m.ticker_a IS NULL
+   OR m.decision_date IS NULL OR m.history_days IS NULL
+   OR (d.mode = 'pairwise' AND m.ticker_b IS NULL)
+   OR (d.mode = 'elementwise' AND m.ticker_b IS NOT NULL)
+   OR (d.valid AND d.mode = 'pairwise' AND (d.action IS NULL OR d.action NOT IN ('A', 'B')))
+   OR (d.valid AND d.mode = 'pairwise' AND d.proportion IS NOT NULL AND NOT (d.proportion BETWEEN 0 AND 1))
+   OR (d.valid AND d.mode = 'elementwise' AND (d.position IS NULL OR isnan(d.position)))
 LIMIT 5

@@ -1,7 +1,7 @@
 -- Store the rewards of matured pending decisions (the temp view `reward_rows` is sql/rewards.sql over
--- sql/rewards/pending.sql, which already leaves out every rollout rewarded under this spec: the anti-join makes a
--- re-run change nothing, and compute_rewards has checked that no rollout_id repeats). A plain append: `rewards` has
--- no index to maintain (see sql/migrations/004_rewards.sql).
+-- sql/rewards/pending.sql and pending_markets.sql; pending.sql already leaves out every rollout rewarded under this
+-- spec: the anti-join makes a re-run change nothing, and compute_rewards has checked that no rollout_id repeats).
+-- A plain append: `rewards` has no index to maintain (see sql/migrations/004_rewards.sql).
 INSERT INTO rewards BY NAME
 SELECT
     decision_id                         AS rollout_id,
