@@ -140,7 +140,7 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
             t0 = time.perf_counter()
             sampled = sample_groups(con, head, spec, ckpt_id, ids, config.group_size, replay_root, config.seed)
             t1 = time.perf_counter()
-            spec_name = compute_rewards(con, config.reward)["reward_spec"]
+            spec_name = compute_rewards(con, config.reward, replay_root)["reward_spec"]
             x, pos, rew, blogp = training_rows(con, spec, sampled["group_ids"], spec_name)
             t2 = time.perf_counter()
             new = copy.deepcopy(head).train()

@@ -482,8 +482,7 @@ def _cmd_rewards_compute(args) -> int:
     spec = _reward_spec(args)
     con = db.connect(args.db)
     try:
-        replay.ensure_view(con, args.replay_root or replay.default_root(args.db))
-        counts = rewards.compute_rewards(con, spec)
+        counts = rewards.compute_rewards(con, spec, args.replay_root or replay.default_root(args.db))
     finally:
         con.close()
     print(f"reward_spec {counts['reward_spec']}: {counts['inserted']} rewarded, {counts['waiting']} waiting for "

@@ -112,7 +112,7 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
         sampled = rollouts.generate(con, current, ids, config.sampling, replay_root)
         t2 = time.perf_counter()
         # the spec name returned, not recomputed: it hashes sql/rewards.sql, which a user may edit mid-run
-        spec_name = compute_rewards(con, config.reward)["reward_spec"]
+        spec_name = compute_rewards(con, config.reward, replay_root)["reward_spec"]
         wanted = {rollouts.group_id(s, current.policy_version) for s in ids}
         groups = [g for g in load_groups(con, spec_name, config.grpo.advantage_column, current.policy_version) if g.group_id in wanted]
         t3 = time.perf_counter()

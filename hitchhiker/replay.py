@@ -95,6 +95,13 @@ def existing_group_ids(root: str | os.PathLike) -> set[str]:
     return {p.stem for p in Path(root).glob(GLOB)}
 
 
+def existing_groups(root: str | os.PathLike) -> list[tuple[date, str]]:
+    """(decision_date, group_id) of every group file under root, read from the paths (a directory walk, no file
+    opened)."""
+    return [(date.fromisoformat(p.parent.parent.name.removeprefix("decision_date=")), p.stem)
+            for p in Path(root).glob(GLOB)]
+
+
 def ensure_view(con: duckdb.DuckDBPyConnection, root: str | os.PathLike) -> None:
     """Create (or re-point) the view `replay` over root; an empty typed view while root holds no group yet."""
     root = Path(root).resolve()

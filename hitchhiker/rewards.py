@@ -97,15 +97,23 @@ def _check_decisions(con: duckdb.DuckDBPyConnection, what: str) -> None:
         raise ValueError(f"{what}: decisions that cannot be priced (first {len(bad)}): {rows}")
 
 
-def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpec()) -> dict:
+def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpec(),
+                    replay_root: str | Path | None = None) -> dict:
     """Reward every matured rollout of `replay` that has no row under `spec` yet; idempotent, one transaction.
 
+    replay_root: the replay buffer's folder. When given, the view `replay` is pointed at it and only the decision
+    dates with a group that has no reward under `spec` are read (sql/rewards/open_dates.sql, from the folder names):
+    the Parquet files of finished dates are not opened, so a daily run does not re-read years of buffer. Without it
+    the whole `replay` relation is read (any table or view of that name).
     Returns counts: pending (rollouts without a reward before the run), inserted, waiting (pending, not matured),
-    total (rows under this spec after the run), plus reward_spec and computed_at (the run's stamp on its rows).
+    total (rows under this spec after the run), dates_read (decision dates read; None = all), plus reward_spec and
+    computed_at (the run's stamp on its rows).
     """
     computed_at = datetime.now(timezone.utc)
     with db.transaction(con):
         set_spec_variables(con, spec)
+        open_dates = _open_dates(con, replay_root) if replay_root is not None else None
+        con.execute("SET VARIABLE reward_open_dates = ?::DATE[]", [open_dates])
         con.execute("SET VARIABLE reward_computed_at = ?::TIMESTAMPTZ", [computed_at])
         con.execute("INSERT INTO reward_specs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [spec.reward_spec, json.dumps(asdict(spec)), sql_sha256(), computed_at])
@@ -126,7 +134,23 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
         con.execute("DROP TABLE decision_markets")
         ensure_advantages_view(con)
     return {"reward_spec": spec.reward_spec, "pending": pending, "inserted": inserted, "waiting": pending - inserted,
-            "total": total, "computed_at": computed_at.isoformat()}
+            "total": total, "dates_read": None if open_dates is None else len(open_dates),
+            "computed_at": computed_at.isoformat()}
+
+
+def _open_dates(con: duckdb.DuckDBPyConnection, replay_root: str | Path) -> list[date]:
+    """Point `replay` at replay_root; the decision dates with a group not yet rewarded under the spec variable."""
+    from hitchhiker import replay
+
+    replay.ensure_view(con, replay_root)
+    groups = replay.existing_groups(replay_root)
+    if not groups:
+        return []
+    con.register("replay_groups", pd.DataFrame(groups, columns=["decision_date", "group_id"]))
+    try:
+        return con.execute(db.sql_text("rewards/open_dates")).fetchall()[0][0]
+    finally:
+        con.unregister("replay_groups")
 
 
 def summary_by_date(con: duckdb.DuckDBPyConnection, reward_spec: str, computed_at: str | None = None) -> list[dict]:

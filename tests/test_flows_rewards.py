@@ -87,3 +87,46 @@ def test_rewards_compute_cli(shared_data, tmp_path):
     assert (n, groups) == (32, 8)
     p = subprocess.run([exe, "rewards", "compute", "--db", str(path), "--entry", "sometime"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "sometime" in p.stderr
+
+
+def test_compute_reads_only_the_dates_with_unrewarded_groups(shared_data, tmp_path):
+    """With the replay folder given, the files of dates whose groups all have rewards are not opened."""
+    import pytest
+
+    path = tmp_path / "pruned.duckdb"
+    _store(path, shared_data, last_price_day=date(2015, 12, 30))
+    root = replay.default_root(path)
+    con = db.connect(path)
+    first = rewards.compute_rewards(con, rewards.RewardSpec(), root)
+    assert (first["dates_read"], first["inserted"], first["waiting"]) == (4, 24, 8)
+
+    # The 23rd is finished: make its files unreadable. A run that opened them would fail (the whole view does).
+    # (Not the 22nd: creating the view reads the schema of the first file in path order.)
+    for f in (root / "decision_date=2015-12-23").rglob("*.parquet"):
+        f.write_bytes(b"not parquet")
+    with pytest.raises(Exception, match="(?i)parquet|magic"):
+        rewards.compute_rewards(con, rewards.RewardSpec())
+    again = rewards.compute_rewards(con, rewards.RewardSpec(), root)
+    assert (again["dates_read"], again["pending"], again["inserted"], again["total"]) == (1, 8, 0, 24)  # the 31st waits
+
+    # A new group on a finished date (another policy version) opens that date again, and only it.
+    rows = con.execute("SELECT * EXCLUDE (decision_date, pair) FROM replay WHERE decision_date = DATE '2015-12-24' "
+                       "AND mode = 'pairwise'").to_arrow_table().to_pylist()
+    new = [{**r, "rollout_id": r["rollout_id"].replace("g-", "g2-"), "group_id": "g2-" + r["state_id"],
+            "policy_version": "ckpt:2"} for r in rows]
+    replay.write_group(root, date(2015, 12, 24), "BMY-ICE", new[0]["group_id"], new)
+    third = rewards.compute_rewards(con, rewards.RewardSpec(), root)
+    assert (third["dates_read"], third["inserted"], third["total"]) == (2, 4, 28)
+
+    # Prices of the new year mature the 31st.
+    files = [str(shared_data / "prices" / "sp500_5yr" / f"{t}_data.csv") for t in TICKERS]
+    con.execute(
+        "INSERT INTO prices SELECT Name, date, open, high, low, close, NULL, volume, NULL, 'csv', now() "
+        "FROM read_csv($f, header = true, columns = {'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', "
+        "'low': 'DOUBLE', 'close': 'DOUBLE', 'volume': 'BIGINT', 'Name': 'VARCHAR'}) "
+        "WHERE date BETWEEN DATE '2015-12-31' AND DATE '2016-01-08'", {"f": files})
+    fourth = rewards.compute_rewards(con, rewards.RewardSpec(), root)
+    assert (fourth["dates_read"], fourth["inserted"], fourth["waiting"], fourth["total"]) == (1, 8, 0, 36)
+    fifth = rewards.compute_rewards(con, rewards.RewardSpec(), root)
+    assert (fifth["dates_read"], fifth["pending"], fifth["total"]) == (0, 0, 36)
+    con.close()
