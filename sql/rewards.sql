@@ -9,8 +9,8 @@
 --     column is passed through (compute: the pending rollouts of the replay, sql/rewards/pending.sql).
 -- Keeping the two apart means the per-market work (calendar, prices, returns) is done once per state and joined to
 -- its rollouts by one key, instead of joining every rollout to its state's tickers first (1M rollouts, 125k states).
--- Parameters are DuckDB variables that hitchhiker.rewards sets from a RewardSpec; to run
--- this file by hand, SET VARIABLE each of:
+-- Parameters are DuckDB variables that hitchhiker.rewards sets from a RewardSpec; to run this file by hand, SET
+-- VARIABLE each of:
 --   reward_horizon_days         INTEGER  sessions the position is exposed (exit = the h-th trading day after T)
 --   reward_entry                VARCHAR  'next_open' (adjusted open of the first trading day after T) | 'decision_close'
 --   reward_pairwise             VARCHAR  'long_short' ($1 long the chosen, $1 short the other) | 'allocation'
