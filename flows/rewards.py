@@ -51,6 +51,6 @@ def compute_rewards(db: str | None = None, replay_root: str | None = None, horiz
     RewardSpec(**spec)  # a bad parameter fails the flow before it takes the store
     result = compute(db, replay_root, spec)
     key = attach_table(result)
-    get_run_logger().info("rewards %s: %d rewarded, %d waiting (artifact %s)", result["reward_spec"],
-                          result["inserted"], result["waiting"], key)
+    get_run_logger().info("rewards %s: %d rewarded, %d waiting, %s decision date(s) read (artifact %s)",
+                          result["reward_spec"], result["inserted"], result["waiting"], result["dates_read"], key)
     return {k: v for k, v in result.items() if k != "by_date"} | {"artifact_key": key}

@@ -486,7 +486,7 @@ def _cmd_rewards_compute(args) -> int:
     finally:
         con.close()
     print(f"reward_spec {counts['reward_spec']}: {counts['inserted']} rewarded, {counts['waiting']} waiting for "
-          f"their exit price, {counts['total']} in all")
+          f"their exit price, {counts['total']} in all ({counts['dates_read']} decision date(s) read)")
     return 0
 
 

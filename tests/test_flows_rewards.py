@@ -80,7 +80,7 @@ def test_rewards_compute_cli(shared_data, tmp_path):
     p = subprocess.run([exe, "rewards", "compute", "--db", str(path), "--horizon-days", "2"], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "32 rewarded, 0 waiting" in p.stdout
+    assert "32 rewarded, 0 waiting" in p.stdout and "(4 decision date(s) read)" in p.stdout  # the folder is given
     con = db.connect(path, read_only=True)
     n, groups = con.execute("SELECT count(*), count(DISTINCT group_id) FROM advantages a JOIN replay r USING (rollout_id, group_id)").fetchone()
     con.close()
