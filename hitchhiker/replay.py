@@ -90,16 +90,16 @@ def write_group(root: str | os.PathLike, decision_date: date | str, pair: str, g
     return final
 
 
-def existing_group_ids(root: str | os.PathLike) -> set[str]:
-    """Every group_id with a file under root (a directory walk, no file opened)."""
-    return {p.stem for p in Path(root).glob(GLOB)}
-
-
 def existing_groups(root: str | os.PathLike) -> list[tuple[date, str]]:
     """(decision_date, group_id) of every group file under root, read from the paths (a directory walk, no file
     opened)."""
     return [(date.fromisoformat(p.parent.parent.name.removeprefix("decision_date=")), p.stem)
             for p in Path(root).glob(GLOB)]
+
+
+def existing_group_ids(root: str | os.PathLike) -> set[str]:
+    """Every group_id with a file under root (a directory walk, no file opened)."""
+    return {group_id for _, group_id in existing_groups(root)}
 
 
 def ensure_view(con: duckdb.DuckDBPyConnection, root: str | os.PathLike) -> None:

@@ -112,12 +112,17 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
     computed_at = datetime.now(timezone.utc)
     with db.transaction(con):
         set_spec_variables(con, spec)
-        open_dates = _open_dates(con, replay_root) if replay_root is not None else None
+        open_dates = None
+        if replay_root is not None:
+            from hitchhiker import replay
+
+            replay.ensure_view(con, replay_root)
+            open_dates = _open_dates(con, replay.existing_groups(replay_root))
         con.execute("SET VARIABLE reward_open_dates = ?::DATE[]", [open_dates])
         con.execute("SET VARIABLE reward_computed_at = ?::TIMESTAMPTZ", [computed_at])
         con.execute("INSERT INTO reward_specs VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [spec.reward_spec, json.dumps(asdict(spec)), sql_sha256(), computed_at])
-        # Materialized once: the replay view may scan many Parquet files, and three statements read it.
+        # Materialized once: the replay view may scan many Parquet files, and four statements read the pending rows.
         con.execute("CREATE OR REPLACE TEMP TABLE decisions AS " + db.sql_text("rewards/pending"))
         con.execute("CREATE OR REPLACE TEMP TABLE decision_markets AS " + db.sql_text("rewards/pending_markets"))
         pending, distinct = con.execute("SELECT count(*), count(DISTINCT decision_id) FROM decisions").fetchall()[0]
@@ -138,12 +143,9 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
             "computed_at": computed_at.isoformat()}
 
 
-def _open_dates(con: duckdb.DuckDBPyConnection, replay_root: str | Path) -> list[date]:
-    """Point `replay` at replay_root; the decision dates with a group not yet rewarded under the spec variable."""
-    from hitchhiker import replay
-
-    replay.ensure_view(con, replay_root)
-    groups = replay.existing_groups(replay_root)
+def _open_dates(con: duckdb.DuckDBPyConnection, groups: list[tuple[date, str]]) -> list[date]:
+    """Of the replay's (decision_date, group_id) pairs, the dates with a group not yet rewarded under the spec
+    variable (sql/rewards/open_dates.sql)."""
     if not groups:
         return []
     con.register("replay_groups", pd.DataFrame(groups, columns=["decision_date", "group_id"]))
