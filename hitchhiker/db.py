@@ -10,7 +10,8 @@ from typing import Iterator
 
 import duckdb
 
-DEFAULT_DB = "hitchhiker.duckdb"
+from hitchhiker.storage import DEFAULT_DB, beside, db_path  # noqa: F401 (the store's path rules live with the others)
+
 # New files are written in the storage format of DuckDB 1.5, so that the `duckdb` command-line tool users already
 # have (PyPI's duckdb-cli is 1.5.x) opens the store for ad-hoc SQL; DuckDB 2.0 reads and writes it unchanged.
 STORAGE_COMPATIBILITY = "v1.5.0"
@@ -27,18 +28,6 @@ class StoreError(RuntimeError):
 
 class StoreLockedError(StoreError):
     """Another process holds the DuckDB file for writing."""
-
-
-def db_path(path: str | os.PathLike | None = None) -> Path:
-    """The database path: the argument, else $HITCHHIKER_DB, else ./hitchhiker.duckdb."""
-    return Path(path or os.environ.get("HITCHHIKER_DB") or DEFAULT_DB)
-
-
-def beside(path: str | os.PathLike | None, name: str) -> Path:
-    """`<database file stem>_<name>/` in the database file's folder: where the replay, checkpoints, reports and loop
-    runs of a store live by default."""
-    p = db_path(path)
-    return p.parent / f"{p.stem}_{name}"
 
 
 def connect(path: str | os.PathLike | None = None, read_only: bool = False, migrate_schema: bool = True) -> duckdb.DuckDBPyConnection:
