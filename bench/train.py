@@ -46,7 +46,7 @@ def run_hitchhiker(work: Path, steps: int, share_prompts: bool = True) -> dict:
     from hitchhiker.policy import default_model_path, load_tokenizer
     from hitchhiker.train.config import GRPOConfig
     from hitchhiker.train.data import Group, Rollout
-    from hitchhiker.train.grpo import train_grpo
+    from hitchhiker.batches import train_grpo
 
     tok = load_tokenizer()
     rng = random.Random(0)

@@ -30,7 +30,7 @@ from flows.rewards import compute_rewards
 from flows.rollouts import generate_rollouts
 from flows.slots import store_slot
 from flows.states import build_states
-from flows.train import train_flow
+from flows.train import prepare_training, register_training, train_flow
 
 EXCHANGE_TZ = "America/New_York"
 HISTORY_LOOKBACK_DAYS = 45  # calendar days of prices a backfill fetches before its start (states need 11 rows)
@@ -114,14 +114,14 @@ def check_day(db_path: str, day: str) -> dict:
 
 
 @task
-def sampled_already(db_path: str, day: str, mode: str) -> dict:
+def sampled_already(db_path: str, replay_root: str, day: str, mode: str) -> dict:
     """How many of the day's states exist, and how many of them already have a group (from any policy)."""
     from hitchhiker import db, replay
 
     with store_slot():
         con = db.connect(db_path)
         try:
-            replay.ensure_view(con, replay.default_root(db_path))
+            replay.ensure_view(con, replay_root)
             ((states, sampled),) = con.execute(db.sql_text("daily/sampled_states"), {"day": day, "mode": mode}).fetchall()
         finally:
             con.close()
@@ -155,21 +155,23 @@ def train_on_pool(deployment: str, parameters: dict, job_variables: dict | None,
 
 
 @task
-def pending_work(db_path: str, day: str, mode: str, style: str, eval_days: int) -> dict:
+def pending_work(db_path: str, replay_root: str, day: str, mode: str, style: str, eval_days: int) -> dict:
     """What training and the gate have to do as of `day`, read in one go: the matured groups no checkpoint has
     trained on (count, dates, a key naming the set), and the oldest checkpoint waiting for the gate whose evaluation
     window is complete (None: none), with notes on those still waiting.
 
     Reading the gate's candidate before today's training is safe: a checkpoint trained today cannot have matured
-    out-of-sample days yet."""
-    from hitchhiker import db
+    out-of-sample days yet. First, checkpoints that runs committed while no daily run waited are registered."""
+    from hitchhiker import db, registry, replay
     from hitchhiker.evaluate import SplitError, champion, training_cutoff
-    from hitchhiker.train.data import default_reward_spec
+    from hitchhiker.batches import default_reward_spec
 
     out = {"candidate": None, "waiting": []}
     with store_slot():
         con = db.connect(db_path)
         try:
+            replay.ensure_view(con, replay_root)
+            out["registered"] = {url: ids for url, ids in registry.register_known_runs(con).items() if ids}
             ((n, first, last, key),) = con.execute(db.sql_text("daily/new_groups"),
                                                    {"reward_spec": default_reward_spec()}).fetchall()
             out |= {"new_groups": n, "first_date": str(first) if first else None,
@@ -213,6 +215,7 @@ def champion_now(db_path: str) -> str | None:
 def daily(
     date: str | None = None,
     db: str | None = None,
+    storage: str | None = None,
     demo: bool = False,
     prices_csv: str | None = None,
     tickers: list[str] | None = None,
@@ -238,14 +241,16 @@ def daily(
 ) -> dict:
     """One decision date (default: today in New York) through every stage; a closed market or missing data is a
     logged skip. Parameters are documented in deployments/prefect.yaml."""
-    from hitchhiker import db as store
+    from hitchhiker import db as store, storage as files
 
     logger = get_run_logger()
     day = _day(date)
     if eval_days < 2:
         raise ValueError(f"eval_days must be >= 2 (the gate compares daily results), got {eval_days}")
     db = str(store.db_path(db).resolve())  # workers on other machines and subprocesses need the same file
-    out: dict = {"date": day, "db": db}
+    storage = files.storage_url(storage)
+    replay_root = files.location(db, storage, "replay")
+    out: dict = {"date": day, "db": db, "storage": storage}
     if ingest:
         out["ingest"] = _ingest(day, day, db, demo, prices_csv, tickers, feeds, news_csv, retry_delay_s)
     checked = check_day(db, day)
@@ -260,7 +265,7 @@ def daily(
     out["states"] = {"states": sum(r["states"] for r in built), "new": sum(r["new"] for r in built)}
     if out["states"]["states"] == 0:
         logger.info("%s: no states (no ticker has enough price history yet); nothing to sample", day)
-    before = sampled_already(db, day, mode)
+    before = sampled_already(db, replay_root, day, mode)
     if before["states"] and before["sampled"] == before["states"]:
         # Each state is decided once, by the champion of the day it was first sampled: a re-run after a promotion
         # must not add a second group for the same decision.
@@ -268,15 +273,15 @@ def daily(
         out["rollouts"] = {"groups_written": 0, "groups_skipped": before["states"], "policy_version": None}
     elif before["states"]:
         sampled = generate_rollouts(start=day, db=db, model=model, checkpoint=checked["champion"], group_size=group_size,
-                                    mode=mode, seed=seed)
+                                    mode=mode, seed=seed, replay_root=replay_root)
         out["rollouts"] = {k: sampled[k] for k in ("groups_written", "groups_skipped", "policy_version", "valid_rate")}
     else:
         out["rollouts"] = {"groups_written": 0, "groups_skipped": 0, "policy_version": None}
-    rewarded = compute_rewards(db=db)
+    rewarded = compute_rewards(db=db, replay_root=replay_root)
     out["rewards"] = {"inserted": rewarded["inserted"], "waiting": rewarded["waiting"]}
 
-    pending = pending_work(db, day, mode, style, eval_days)
-    out["train"] = _train_stage(db, day, model, checked["champion"], pending, train, min_new_groups, train_deployment,
+    pending = pending_work(db, replay_root, day, mode, style, eval_days)
+    out["train"] = _train_stage(db, storage, day, model, checked["champion"], pending, train, min_new_groups, train_deployment,
                                 train_config, train_job_variables, train_timeout_s)
     out["gate"] = _gate_stage(db, pending, mode, style, gate_margin, n_boot)
     out["status"] = "done"
@@ -286,7 +291,7 @@ def daily(
     return out
 
 
-def _train_stage(db: str, day: str, model: str | None, champion: str | None, fresh: dict, train: bool,
+def _train_stage(db: str, storage: str | None, day: str, model: str | None, champion: str | None, fresh: dict, train: bool,
                  min_new_groups: int, deployment: str | None, config: dict | None, job_variables: dict | None,
                  timeout_s: float) -> dict:
     logger = get_run_logger()
@@ -297,20 +302,26 @@ def _train_stage(db: str, day: str, model: str | None, champion: str | None, fre
         reason = f"{fresh['new_groups']} new matured groups, fewer than min_new_groups={min_new_groups}"
         logger.info("training: not yet, %s", reason)
         return {"status": "skipped", "reason": reason, "new_groups": fresh["new_groups"]}
-    from hitchhiker.train.checkpoints import default_checkpoints_root
+    from hitchhiker import storage as files
 
-    # One run folder per set of groups: a re-triggered training resumes its run instead of starting another.
-    run_dir = str(default_checkpoints_root(db).resolve() / f"daily-{day}-{fresh['groups_key'][:8]}")
-    params = {"db": db, "parent": champion, "model": model, "run_dir": run_dir, "config": config or {}}
+    # One run per set of groups: a re-triggered training resumes its run instead of starting another.
+    run_url = files.join(files.location(db, storage, "checkpoints"), f"daily-{day}-{fresh['groups_key'][:8]}")
+    prepared = prepare_training(db, storage, run_url, "grpo", config or {}, champion, model)
+    params = {"batch_url": prepared["batch_url"], "run_url": run_url}
     if deployment is None:  # one machine, no GPU pool: train here, as a subflow
-        logger.info("training in this process on %d new groups (run %s)", fresh["new_groups"], run_dir)
+        logger.info("training in this process on %d new groups (run %s)", fresh["new_groups"], run_url)
         done = train_flow(**params)
-        return {"status": "completed", "new_groups": fresh["new_groups"], "checkpoint_id": done["checkpoint_id"]}
-    logger.info("training: %d new matured groups (%s..%s) -> deployment %s", fresh["new_groups"], fresh["first_date"],
-                fresh["last_date"], deployment)
-    result = train_on_pool(deployment, params, job_variables, timeout_s, f"train:{db}:{fresh['groups_key']}")
-    (logger.info if result["status"] == "completed" else logger.warning)("training: %s", result.get("reason") or result)
-    return result | {"new_groups": fresh["new_groups"]}
+        result = {"status": "completed", "checkpoint_id": done["checkpoint_id"]}
+    else:
+        logger.info("training: %d new matured groups (%s..%s) -> deployment %s, batch %s", fresh["new_groups"],
+                    fresh["first_date"], fresh["last_date"], deployment, prepared["batch_url"])
+        result = train_on_pool(deployment, params, job_variables, timeout_s, f"train:{run_url}")
+    # what the run committed, registered with its lineage (a run still going is registered by a later daily run)
+    registered = register_training(db, run_url)[run_url]
+    (logger.info if result["status"] == "completed" else logger.warning)("training: %s; registered %s",
+                                                                        result.get("reason") or result, registered)
+    return result | {"new_groups": fresh["new_groups"], "run_url": run_url, "batch_url": prepared["batch_url"],
+                     "registered": registered}
 
 
 def _gate_stage(db: str, ready: dict, mode: str, style: str, gate_margin: float, n_boot: int) -> dict:
@@ -346,6 +357,7 @@ def backfill(
     start: str,
     end: str,
     db: str | None = None,
+    storage: str | None = None,
     demo: bool = False,
     prices_csv: str | None = None,
     tickers: list[str] | None = None,
@@ -367,7 +379,7 @@ def backfill(
     db = str(store.db_path(db).resolve())
     logger = get_run_logger()
     options = dict(options or {})
-    clash = sorted(set(options) & {"date", "db", "ingest", "tickers", "demo", "prices_csv", "feeds", "news_csv",
+    clash = sorted(set(options) & {"date", "db", "storage", "ingest", "tickers", "demo", "prices_csv", "feeds", "news_csv",
                                     "retry_delay_s"})
     if clash:
         raise ValueError(f"options {clash} are backfill's own parameters (or set per day); pass them directly")
@@ -384,7 +396,7 @@ def backfill(
     progress = create_progress_artifact(progress=0.0, description=f"backfill {first}..{last}: days done")
     results = []
     for i, day in enumerate(tqdm(days, desc="backfill", unit="day", disable=None)):
-        results.append(daily(date=day, db=db, tickers=tickers, ingest=False, retry_delay_s=retry_delay_s, **options))
+        results.append(daily(date=day, db=db, storage=storage, tickers=tickers, ingest=False, retry_delay_s=retry_delay_s, **options))
         update_progress_artifact(progress, 100.0 * (i + 1) / len(days))
     logger.info("backfill %s..%s: %d trading days", first, last, len(days))
     return [{k: r.get(k) for k in ("date", "status")} | {"train": r.get("train", {}).get("status"),

@@ -1,9 +1,13 @@
-"""Flow `train`: one GRPO (or DPO) run on the matured replay groups the parent checkpoint has not used yet.
+"""Flow `train`: one GRPO (or DPO) run from a training batch on shared storage; and the store-side tasks around it.
 
-A thin wrapper over hitchhiker.train. Meant for the GPU work pool (a deployment the daily flow triggers); the
-run folder makes it resumable: a retried or restarted flow run with the same run_dir continues from the last
-checkpoint without reusing or skipping a group. Training holds the store slot for its whole run (it reads the
-buffer and registers checkpoints); artifacts: the per-step metrics table and a markdown summary.
+The flow is what the gpu work pool runs (deployment `train/train`): it takes a batch URL and a run URL, never opens
+the DuckDB store and never takes the store slot, so a training of hours blocks no other daily run. A retried or
+restarted flow run with the same URLs continues from the run's last committed checkpoint without reusing or skipping
+a group. Artifacts: the per-step metrics table and a markdown summary.
+
+The orchestrator's side (CPU pool, under the store slot for seconds): `prepare_training` selects the groups and
+writes the batch (hitchhiker/batches.py) and records the run; `register_training` registers the run's committed
+checkpoints with their lineage (hitchhiker/registry.py), also those of a run that finished while nobody waited.
 """
 from __future__ import annotations
 
@@ -14,49 +18,77 @@ from flows.slots import store_slot
 
 
 @task
-def train_run(db_path: str | None, algorithm: str, config: dict, run_dir: str | None, parent: str | None,
-              model: str | None) -> dict:
-    """Train under the store slot; returns the checkpoint id, path, steps and per-step metrics (small numbers)."""
-    import time
+def train_run(batch_url: str, run_url: str) -> dict:
+    """Train from the batch (GRPO or DPO, as the batch says); returns the checkpoints, steps and per-step metrics."""
+    from hitchhiker.train import batch
 
-    from hitchhiker import db
-    from hitchhiker.replay import default_root, ensure_view
-    from hitchhiker.rewards import ensure_advantages_view
-    from hitchhiker.train import checkpoints
-    from hitchhiker.train.config import DPOConfig, GRPOConfig
+    if batch.read_meta(batch_url)["algorithm"] == "dpo":
+        from hitchhiker.train.dpo import train_dpo_batch
 
-    run_dir = run_dir or str(checkpoints.default_checkpoints_root(db_path) / f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
-    with store_slot():
-        con = db.connect(db_path)
-        try:
-            ensure_view(con, default_root(db_path))
-            ensure_advantages_view(con)
-            if algorithm == "grpo":
-                from hitchhiker.train.grpo import train_grpo
+        res = train_dpo_batch(batch_url, run_url)
+    else:
+        from hitchhiker.train.grpo import train_batch
 
-                res = train_grpo(con, GRPOConfig(**config), run_dir, parent_id=parent, base_model=model)
-            elif algorithm == "dpo":
-                from hitchhiker.train.dpo import train_dpo
-
-                res = train_dpo(con, DPOConfig(**config), run_dir, parent_id=parent, base_model=model)
-            else:
-                raise ValueError(f"algorithm {algorithm!r} is not 'grpo' or 'dpo'")
-        finally:
-            con.close()
+        res = train_batch(batch_url, run_url)
     return {"checkpoint_id": res.checkpoint_id, "path": res.path, "steps": res.steps, "groups": len(res.groups_used),
-            "run_dir": run_dir, "metrics": [{k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()} for m in res.metrics]}
+            "checkpoints": res.checkpoints, "run_url": run_url,
+            "metrics": [{k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()} for m in res.metrics]}
 
 
 @flow(name="train")
-def train_flow(db: str | None = None, algorithm: str = "grpo", parent: str | None = None, model: str | None = None,
-               run_dir: str | None = None, config: dict | None = None) -> dict:
-    """Train a checkpoint from the buffer (config: GRPOConfig / DPOConfig fields) and register it."""
-    out = train_run(db, algorithm, config or {}, run_dir, parent, model)
+def train_flow(batch_url: str, run_url: str) -> dict:
+    """Train a run from a committed training batch; checkpoints are committed under run_url (the store is not
+    opened: the orchestrator registers them)."""
+    out = train_run(batch_url, run_url)
     if out["metrics"]:
-        create_table_artifact(table=out["metrics"], key="train-metrics", description=f"{algorithm} steps of {out['checkpoint_id']}")
+        create_table_artifact(table=out["metrics"], key="train-metrics", description=f"steps of {out['checkpoint_id']}")
     create_markdown_artifact(
-        markdown=f"# {algorithm} checkpoint `{out['checkpoint_id']}`\n\n- parent: `{parent}`\n- steps: {out['steps']}\n"
-                 f"- replay groups used: {out['groups']}\n- folder: `{out['path']}`\n- TensorBoard: `{out['run_dir']}/tensorboard`\n",
+        markdown=f"# checkpoint `{out['checkpoint_id']}`\n\n- batch: `{batch_url}`\n- steps: {out['steps']}\n"
+                 f"- replay groups used: {out['groups']}\n- committed: `{out['path']}`\n",
         key="train-summary", description="training run")
     get_run_logger().info("checkpoint %s after %d steps on %d groups", out["checkpoint_id"], out["steps"], out["groups"])
-    return {k: out[k] for k in ("checkpoint_id", "path", "steps", "groups")}
+    return {k: out[k] for k in ("checkpoint_id", "path", "steps", "groups", "checkpoints")}
+
+
+@task
+def prepare_training(db_path: str, storage: str | None, run_url: str, algorithm: str, config: dict,
+                     parent: str | None, model: str | None) -> dict:
+    """Under the store slot: the batch of groups the parent has not used, written to storage; the run recorded.
+    A run URL already recorded keeps its batch (a re-triggered training resumes it)."""
+    from hitchhiker import batches, db, registry, replay, storage as files
+    from hitchhiker.rewards import ensure_advantages_view
+    from hitchhiker.train.config import DPOConfig, GRPOConfig
+
+    root = files.location(db_path, storage, "batches")
+    with store_slot():
+        con = db.connect(db_path)
+        try:
+            known = con.execute("SELECT batch_url FROM train_runs WHERE run_url = ?", [run_url]).fetchone()
+            if known is not None:
+                return {"batch_url": known[0], "run_url": run_url, "resumed": True}
+            replay.ensure_view(con, files.location(db_path, storage, "replay"))
+            ensure_advantages_view(con)
+            if algorithm == "grpo":
+                batch_url = batches.write_grpo_batch(con, GRPOConfig(**config), root, parent_id=parent, base_model=model)
+            elif algorithm == "dpo":
+                batch_url = batches.write_dpo_batch(con, DPOConfig(**config), root, parent_id=parent, base_model=model)
+            else:
+                raise ValueError(f"algorithm {algorithm!r} is not 'grpo' or 'dpo'")
+            registry.record_run(con, run_url, batch_url)
+        finally:
+            con.close()
+    return {"batch_url": batch_url, "run_url": run_url, "resumed": False}
+
+
+@task
+def register_training(db_path: str, run_url: str | None = None) -> dict:
+    """Under the store slot: register the committed checkpoints of one run (or of every recorded run)."""
+    from hitchhiker import db, registry
+
+    with store_slot():
+        con = db.connect(db_path)
+        try:
+            runs = {run_url: registry.register_run(con, run_url)} if run_url else registry.register_known_runs(con)
+        finally:
+            con.close()
+    return runs

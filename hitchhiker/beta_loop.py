@@ -247,12 +247,13 @@ def _checkpoint(con, run_dir: Path, run_id: str, iteration: int, head: BetaHead,
                 config: BetaLoopConfig, parent_id: str | None, groups: list[str], metrics: dict, step: int,
                 reward_spec: str | None = None) -> tuple[str, int]:
     """Save (unless present) and register one head checkpoint; returns (its id, its step)."""
-    from hitchhiker.train import checkpoints
+    from hitchhiker import registry
+    from hitchhiker.policy import CHECKPOINT_META
 
     checkpoint_id = f"{run_id}-i{iteration:04d}"
     path = run_dir / checkpoint_id
     if path.exists():  # written whole by an earlier run: its metadata, not this run's numbers, is the truth
-        meta = checkpoints.read_meta(path)
+        meta = json.loads((path / CHECKPOINT_META).read_text())
     else:
         meta = {"checkpoint_id": checkpoint_id, "parent_id": parent_id, "run_id": run_id,
                 "base_model": f"{HEAD_VERSION}:features" + (f"+{spec.embedding_model}" if spec.embedding_model else ""),
@@ -260,7 +261,7 @@ def _checkpoint(con, run_dir: Path, run_id: str, iteration: int, head: BetaHead,
                 "iteration": iteration, "features": spec.to_json(), "config": asdict(config.head),
                 "train_metrics": metrics, "groups_used": list(groups)}
         save_head(path, head, meta)
-    checkpoints.register(con, meta, path, meta["train_metrics"], meta["groups_used"])
+    registry.register(con, meta, str(path.resolve()), meta["train_metrics"], meta["groups_used"])
     return checkpoint_id, int(meta["step"])
 
 

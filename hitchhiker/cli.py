@@ -1,7 +1,8 @@
 """The `hitchhiker` command line: thin wrappers over the library, one sub-command per stage.
 
 Library imports happen inside each handler so that `hitchhiker --help` stays fast (torch is slow to import).
-Every sub-command takes `--db PATH` (default $HITCHHIKER_DB or ./hitchhiker.duckdb).
+Every sub-command takes `--db PATH` (default $HITCHHIKER_DB or ./hitchhiker.duckdb) and `--storage URL` (default
+$HITCHHIKER_STORAGE, else the folders beside the database).
 """
 from __future__ import annotations
 
@@ -14,7 +15,16 @@ from hitchhiker.db import StoreError
 def _db_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--db", default=None, help="DuckDB file (default: $HITCHHIKER_DB or ./hitchhiker.duckdb)")
+    p.add_argument("--storage", default=None, help="where the replay, checkpoints, batches and reports live: a folder or "
+                   "fsspec URL such as s3://bucket/prefix (default: $HITCHHIKER_STORAGE, else folders beside the db)")
     return p
+
+
+def _location(args, name: str) -> str:
+    """Where `name` (replay, checkpoints, ...) lives for this command's --db and --storage."""
+    from hitchhiker import storage
+
+    return storage.location(args.db, args.storage, name)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -220,7 +230,7 @@ def _cmd_rollouts_generate(args) -> int:
             bar.update(done - bar.n)
 
         s = generate_dates(args.db, first, last, PolicyConfig(model=args.model, checkpoint=args.checkpoint), config,
-                           args.replay_root, mode=args.mode, max_states=args.max_states, progress=progress)
+                           args.replay_root or _location(args, "replay"), mode=args.mode, max_states=args.max_states, progress=progress)
     valid = "-" if s["valid_rate"] is None else f"{s['valid_rate']:.3f}"
     print(f"{s['states']} states {first}..{last}: {s['groups_written']} groups written, {s['groups_skipped']} already "
           f"there, {s['states_left']} left for a later run; {s['rollouts']} rollouts by {s['policy_version']}, valid "
@@ -322,34 +332,32 @@ def _add_train(sub, parent) -> None:
 
 def _cmd_train(args) -> int:
     import time
-    from pathlib import Path
 
-    from hitchhiker import db
-    from hitchhiker.train import checkpoints
+    from hitchhiker import batches, db, storage
     from hitchhiker.train.config import DPOConfig, GRPOConfig
 
     con = db.connect(args.db)
-    run_dir = args.run_dir or str(checkpoints.default_checkpoints_root(args.db) / f"{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = args.run_dir or storage.join(_location(args, "checkpoints"), f"{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        from hitchhiker.replay import default_root, ensure_view
+        from hitchhiker.replay import ensure_view
         from hitchhiker.rewards import ensure_advantages_view
 
-        ensure_view(con, default_root(args.db))
+        ensure_view(con, _location(args, "replay"))
         ensure_advantages_view(con)
         if args.algorithm == "grpo":
-            from hitchhiker.train.grpo import plan_groups, train_grpo
+            from hitchhiker.batches import plan_groups, train_grpo
 
             cfg = GRPOConfig(finetune=args.finetune, groups_per_step=args.groups_per_step,
                              groups_per_micro_batch=args.micro_batch or args.groups_per_step, loss_type=args.loss_type, save_every_steps=args.save_every,
                              **({"learning_rate": args.lr} if args.lr else {}), **({"beta": args.beta} if args.beta is not None else {}))
             groups = None
-            if args.policy_version and not (Path(run_dir) / "plan.json").is_file():
+            if args.policy_version and batches.run_batch(run_dir, cfg) is None:
                 groups = plan_groups(con, cfg, args.parent, policy_version=args.policy_version)
             res = train_grpo(con, cfg, run_dir, groups=groups, parent_id=args.parent, base_model=args.model,
                              on_step_end=lambda step, m: print(f"step {step}: loss {m['loss']:.4f} reward_mean {m['reward_mean']:.4f} "
                                                                f"valid {m['valid_rate']:.2f}", flush=True))
         else:
-            from hitchhiker.train.dpo import train_dpo
+            from hitchhiker.batches import train_dpo
 
             cfg = DPOConfig(finetune=args.finetune, margin_usd=args.margin_usd,
                             **({"learning_rate": args.lr} if args.lr else {}), **({"beta": args.beta} if args.beta is not None else {}))
@@ -388,7 +396,6 @@ def _cmd_loop(args) -> int:
 
     from hitchhiker import db
     from hitchhiker.loop import LoopConfig, run_loop, synthetic_setup
-    from hitchhiker.replay import default_root
     from hitchhiker.synthetic import SyntheticMarket
     from hitchhiker.states import trading_days
 
@@ -409,7 +416,7 @@ def _cmd_loop(args) -> int:
         cfg.grpo.finetune = args.finetune
         cfg.states = dataclasses.replace(cfg.states, style=args.style)
         out = Path(args.out) if args.out else db.beside(args.db, "loop")
-        res = run_loop(con, cfg, out, default_root(args.db), on_iteration=lambda r: print(
+        res = run_loop(con, cfg, out, _location(args, "replay"), on_iteration=lambda r: print(
             f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out accuracy {r['accuracy']:.3f} "
             f"(n={r['n']}, p={r['p_value']:.2g})  valid {r['valid_rate']:.3f}", flush=True))
     finally:
@@ -422,7 +429,6 @@ def _cmd_loop_beta(args) -> int:
     from pathlib import Path
 
     from hitchhiker import beta_loop, db
-    from hitchhiker.replay import default_root
     from hitchhiker.states import trading_days
     from hitchhiker.synthetic import SyntheticMarket
 
@@ -438,7 +444,7 @@ def _cmd_loop_beta(args) -> int:
                                            eval_dates=trading_days(con, args.eval_start, args.eval_end),
                                            tickers=_csv_list(args.tickers) if args.tickers else None, **common)
         out = Path(args.out) if args.out else db.beside(args.db, "loop")
-        res = beta_loop.run_beta_loop(con, cfg, out, default_root(args.db), on_iteration=lambda r: print(
+        res = beta_loop.run_beta_loop(con, cfg, out, _location(args, "replay"), on_iteration=lambda r: print(
             f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out mean reward_usd {r['mean_reward_usd']:+.5f} "
             f"(random {r['random_mean_reward_usd']:+.5f}, n={r['n']})  mean position {r['mean_position']:.3f}", flush=True))
     finally:
@@ -477,12 +483,12 @@ def _reward_spec(args):
 
 
 def _cmd_rewards_compute(args) -> int:
-    from hitchhiker import db, replay, rewards
+    from hitchhiker import db, rewards
 
     spec = _reward_spec(args)
     con = db.connect(args.db)
     try:
-        counts = rewards.compute_rewards(con, spec, args.replay_root or replay.default_root(args.db))
+        counts = rewards.compute_rewards(con, spec, args.replay_root or _location(args, "replay"))
     finally:
         con.close()
     print(f"reward_spec {counts['reward_spec']}: {counts['inserted']} rewarded, {counts['waiting']} waiting for "

@@ -73,12 +73,11 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
     from hitchhiker import rollouts
     from hitchhiker.policy import PolicyConfig, load_policy
     from hitchhiker.rewards import compute_rewards
-    from hitchhiker.train import checkpoints as ckpts
-    from hitchhiker.train.data import load_groups
-    from hitchhiker.train.grpo import train_grpo
+    from hitchhiker import registry
+    from hitchhiker.batches import load_groups, train_grpo
 
     check_held_out_dates(con, config)
-    out_dir, replay_root = Path(out_dir), Path(replay_root)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(out_dir / "tensorboard"))
     started = time.perf_counter()
@@ -137,7 +136,7 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
         if over_budget:
             break
     writer.close()
-    assert checkpoint_id is None or ckpts.get(con, checkpoint_id)
+    assert checkpoint_id is None or registry.get(con, checkpoint_id)
     return LoopResult(checkpoint_id, history, str(out_dir), iterations)
 
 

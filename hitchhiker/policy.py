@@ -49,7 +49,8 @@ class PolicyConfig:
     """Which model samples: a hub id or local path (None = the default small model), and a checkpoint on top."""
 
     model: str | None = None
-    # A hitchhiker checkpoint directory: a peft LoRA adapter (adapter_config.json) or full weights (config.json).
+    # A hitchhiker checkpoint: a local folder or a committed folder on shared storage (s3://...), holding a peft LoRA
+    # adapter (adapter_config.json) or full weights (config.json).
     checkpoint: str | None = None
     # The policy_version to record; default: the checkpoint's id (CHECKPOINT_META or its directory name).
     checkpoint_id: str | None = None
@@ -136,7 +137,13 @@ def load_policy(config: PolicyConfig = PolicyConfig()) -> Policy:
     dtype = _dtype(config.dtype, device)
     if config.model is not None:
         _check_model_name(config.model)
-    ckpt = Path(config.checkpoint) if config.checkpoint else None
+    ckpt = None
+    if config.checkpoint and "://" in str(config.checkpoint):  # on shared storage: a local, sha256-checked copy
+        from hitchhiker import storage
+
+        ckpt = storage.fetch_dir(str(config.checkpoint))
+    elif config.checkpoint:
+        ckpt = Path(config.checkpoint)
     if ckpt is None:
         base = config.model or str(default_model_path())
         model, tokenizer = _from_pretrained(base, dtype), load_tokenizer(base)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hitchhiker import db
-from hitchhiker.train import checkpoints as ckpts
+from hitchhiker import registry as ckpts
 from hitchhiker.train.config import GRPOConfig
-from hitchhiker.train.grpo import train_grpo
+from hitchhiker.batches import train_grpo
 from train_helpers import make_groups, tiny_model_dir
 
 CONFIG = dict(finetune="lora", lora_rank=4, lora_alpha=8, groups_per_step=2, groups_per_micro_batch=1,
@@ -75,7 +75,7 @@ def test_resume_after_kill_9_uses_every_group_once(model_dir, tmp_path):
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from hitchhiker import db
         from hitchhiker.train.config import GRPOConfig
-        from hitchhiker.train.grpo import train_grpo
+        from hitchhiker.batches import train_grpo
         from train_helpers import make_groups
         groups = make_groups({str(model_dir)!r}, {N_GROUPS}, seed=4)
         def die(step, metrics):
@@ -87,6 +87,10 @@ def test_resume_after_kill_9_uses_every_group_once(model_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=os.environ)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     con = db.connect(killed_db)
+    # the trainer commits, the orchestrator registers: the killed run's committed step-2 checkpoint is registered by
+    # the next look at the recorded runs (a daily run's first task), and nothing uncommitted is
+    assert con.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
+    assert {k: v for k, v in ckpts.register_known_runs(con).items()} == {str(killed_run): [f"{straight.run_id}-s00002"]}
     assert [r[0] for r in con.execute("SELECT step FROM checkpoints").fetchall()] == [2]
 
     resumed = train_grpo(con, GRPOConfig(**CONFIG), killed_run, base_model=str(model_dir))  # the plan is in the run dir

@@ -53,11 +53,23 @@ def test_loop_cli_refuses_overlapping_dates(tmp_path):
 
 
 def test_train_flow(tmp_path, prefect_harness):
-    from flows.train import train_flow
+    """The store side writes the batch and records the run, the train flow trains from the batch alone, the store
+    side registers what it committed (with its lineage); registering again changes nothing."""
+    from flows.train import prepare_training, register_training, train_flow
 
     model = tiny_model_dir(tmp_path / "tiny")
     con, _, state_ids, _ = scripted_buffer(tmp_path, model, n_days=18)
     con.close()
-    out = train_flow(db=str(tmp_path / "buffer.duckdb"), model=str(model), run_dir=str(tmp_path / "flow-run"),
-                     config={"finetune": "lora", "lora_rank": 4, "groups_per_step": 4, "groups_per_micro_batch": 4})
+    dbf, run_url = str(tmp_path / "buffer.duckdb"), str(tmp_path / "flow-run")
+    config = {"finetune": "lora", "lora_rank": 4, "groups_per_step": 4, "groups_per_micro_batch": 4}
+    prepared = prepare_training(dbf, None, run_url, "grpo", config, None, str(model))
+    assert prepared["batch_url"].startswith(str(tmp_path / "buffer_batches")) and not prepared["resumed"]
+    out = train_flow(batch_url=prepared["batch_url"], run_url=run_url)
     assert out["groups"] == len(state_ids) and out["checkpoint_id"].startswith("grpo-")
+    assert register_training(dbf, run_url) == {run_url: out["checkpoints"]}
+    assert register_training(dbf) == {run_url: out["checkpoints"]}  # every recorded run; idempotent
+    con = db.connect(dbf, read_only=True)
+    assert con.execute("SELECT count(*), max(path) FROM checkpoints").fetchone() == (len(out["checkpoints"]), out["path"])
+    con.close()
+    again = prepare_training(dbf, None, run_url, "grpo", config, None, str(model))  # the run is recorded: its batch
+    assert again == {**prepared, "resumed": True}

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from hitchhiker.train import checkpoints as ckpts
+from hitchhiker import registry as ckpts
 from hitchhiker.train.config import DPOConfig
-from hitchhiker.train.data import default_reward_spec
-from hitchhiker.train.dpo import preference_pairs, train_dpo
+from hitchhiker.batches import default_reward_spec
+from hitchhiker.batches import preference_pairs, train_dpo
 from train_helpers import scripted_buffer, tiny_model_dir
 
 

@@ -144,9 +144,9 @@ def test_bad_config_is_named():
 
 
 def test_groups_from_the_real_buffer_train_and_tensorboard(model_dir, tmp_path):
-    from hitchhiker.train import checkpoints as ckpts
-    from hitchhiker.train.data import load_groups
-    from hitchhiker.train.grpo import plan_groups, train_grpo
+    from hitchhiker import registry as ckpts
+    from hitchhiker.batches import load_groups
+    from hitchhiker.batches import plan_groups, train_grpo
     from train_helpers import scripted_buffer
 
     con, _, state_ids, version = scripted_buffer(tmp_path, model_dir, n_days=22)
@@ -161,7 +161,7 @@ def test_groups_from_the_real_buffer_train_and_tensorboard(model_dir, tmp_path):
     res = train_grpo(con, cfg, tmp_path / "run", base_model=str(model_dir))  # plans every matured group itself
     assert sorted(res.groups_used) == sorted(g.group_id for g in groups)
     assert plan_groups(con, cfg, parent_id=res.checkpoint_id) == []  # the lineage has consumed them all
-    from hitchhiker.train.data import default_reward_spec
+    from hitchhiker.batches import default_reward_spec
 
     assert ckpts.get(con, res.checkpoint_id)["reward_spec"] == default_reward_spec()
     m = res.metrics[0]
@@ -208,7 +208,7 @@ def test_two_processes_under_torchrun_share_each_step(model_dir, tmp_path):
     import textwrap
 
     from hitchhiker import db
-    from hitchhiker.train import checkpoints as ckpts
+    from hitchhiker import registry as ckpts
 
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
@@ -217,7 +217,7 @@ def test_two_processes_under_torchrun_share_each_step(model_dir, tmp_path):
         from accelerate import PartialState
         from hitchhiker import db
         from hitchhiker.train.config import GRPOConfig
-        from hitchhiker.train.grpo import train_grpo
+        from hitchhiker.batches import train_grpo
         from train_helpers import make_groups
         state = PartialState(cpu=True)
         con = db.connect({str(tmp_path / "d.duckdb")!r}) if state.is_main_process else None

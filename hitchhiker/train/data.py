@@ -1,4 +1,4 @@
-"""Training data from the replay buffer: groups of stored rollouts with their SQL advantages, and their batches.
+"""Training data: groups of stored rollouts with their SQL advantages (read from a training batch), and their tensors.
 
 Nothing is re-generated or re-tokenized: the prompt and completion token ids, the sampling temperature and the
 behaviour log-probabilities are the ones the sampler stored, so the trainer scores exactly what was sampled.
@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from datetime import date
 
 import torch
-
-from hitchhiker import db
 
 
 @dataclass
@@ -23,6 +21,7 @@ class Rollout:
     advantage: float
     reward_usd: float
     valid: bool
+    top_p: float = 1.0  # the nucleus it was sampled from (1 = the full distribution)
 
 
 @dataclass
@@ -33,54 +32,6 @@ class Group:
     policy_version: str
     zero_variance: bool
     rollouts: list[Rollout]
-
-
-def default_reward_spec() -> str:
-    """The rewards stage's default spec name (its RewardSpec's versioned name)."""
-    from hitchhiker.rewards import RewardSpec
-
-    spec = RewardSpec()
-    name = spec.reward_spec
-    return name() if callable(name) else str(name)
-
-
-def load_groups(
-    con,
-    reward_spec: str | None = None,
-    advantage_column: str = "advantage",
-    policy_version: str | None = None,
-    start_date: date | None = None,
-    end_date: date | None = None,
-) -> list[Group]:
-    """Matured groups (every rollout has a reward under reward_spec), ordered by decision date then group id."""
-    if advantage_column not in ("advantage", "advantage_drgrpo"):
-        raise ValueError(f"advantage_column {advantage_column!r} is not 'advantage' or 'advantage_drgrpo'")
-    spec = reward_spec or default_reward_spec()
-    rows = con.execute(
-        db.sql_text("train/groups"),
-        {"reward_spec": spec, "policy_version": policy_version, "start_date": start_date, "end_date": end_date},
-    ).fetchall()
-    cols = [d[0] for d in con.description]
-    groups: dict[str, Group] = {}
-    for values in rows:
-        row = dict(zip(cols, values))
-        g = groups.get(row["group_id"])
-        if g is None:
-            g = groups[row["group_id"]] = Group(
-                row["group_id"], row["state_id"], row["decision_date"], row["policy_version"], bool(row["zero_variance"]), []
-            )
-        completion, logprobs = list(row["completion_ids"] or []), list(row["token_logprobs"] or [])
-        if len(completion) != len(logprobs) or not completion:
-            raise ValueError(
-                f"rollout {row['rollout_id']}: {len(completion)} completion tokens but {len(logprobs)} behaviour log-probs"
-            )
-        g.rollouts.append(
-            Rollout(
-                row["rollout_id"], list(row["prompt_ids"]), completion, logprobs, float(row["temperature"]),
-                float(row[advantage_column]), float(row["reward_usd"]), bool(row["valid"]),
-            )
-        )
-    return list(groups.values())
 
 
 def collate(rollouts: list[Rollout], pad_token_id: int, device: torch.device | str = "cpu",

@@ -1,96 +1,78 @@
-"""GRPO training from the replay buffer: an ordered plan of stored groups, cut into optimizer steps, checkpointed.
+"""GRPO training from a training batch: an ordered plan of stored groups, cut into optimizer steps, checkpointed.
 
-A run is fixed when it starts: the plan (which groups, in which order, with their tokens, behaviour log-probs and
-SQL advantages) is written to `<run_dir>/plan.json`. Steps consume the plan in order; every checkpoint records
-how far it got, so a run killed at any point resumes from its last checkpoint and ends having trained on exactly
-the plan's groups, each once. Multi-GPU: the same code under `accelerate launch` (each process takes its share of
-every step's groups; only the main process writes checkpoints and the database).
+A run is fixed by its batch (hitchhiker/train/batch.py: which groups, in which order, with their tokens, behaviour
+log-probs and SQL advantages, and the config), written by the orchestrator to shared storage. Steps consume the
+plan in order; every checkpoint, committed under the run URL, records how far it got, so a run killed at any point
+resumes from its last committed checkpoint and ends having trained on exactly the batch's groups, each once.
+Nothing here opens the store: the orchestrator registers the checkpoints (hitchhiker/registry.py). Multi-GPU: the
+same code under `accelerate launch` (each process takes its share of every step's groups; only the main process
+writes checkpoints).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+import os
 from typing import Callable
 
 import torch
 
+from hitchhiker import storage
+from hitchhiker.train import batch as batches
 from hitchhiker.train import checkpoints as ckpts
 from hitchhiker.train.config import GRPOConfig
-from hitchhiker.train.data import Group, Rollout, collate, load_groups
+from hitchhiker.train.data import Group, collate
 from hitchhiker.train.loss import grpo_loss, per_token_logps, per_token_logps_shared_prompt
 from hitchhiker.train.model import load_reference, load_trainable, trainable_parameters
-
-PLAN_FILE = "plan.json"
-
 
 @dataclass
 class TrainResult:
     run_id: str
     checkpoint_id: str  # the run's last checkpoint (the new policy_version)
-    path: str
+    path: str  # its URL (a local folder or an object-storage prefix)
     steps: int
     groups_used: list[str]  # the run's whole plan, in order
     metrics: list[dict] = field(default_factory=list)  # per optimizer step of this process's call
+    checkpoints: list[str] = field(default_factory=list)  # every committed checkpoint of the run, by step
 
 
-def plan_groups(con, config: GRPOConfig, parent_id: str | None = None, policy_version: str | None = None,
-                start_date=None, end_date=None) -> list[Group]:
-    """Matured groups not yet in the parent's lineage, in a seeded shuffled order (mixes dates within a step)."""
-    used = set(ckpts.lineage_groups(con, parent_id))
-    groups = [g for g in load_groups(con, config.reward_spec, config.advantage_column, policy_version, start_date, end_date)
-              if g.group_id not in used]
-    random.Random(config.shuffle_seed).shuffle(groups)
-    return groups
-
-
-def train_grpo(
-    con,
-    config: GRPOConfig,
-    run_dir: str | os.PathLike,
-    groups: list[Group] | None = None,
-    parent_id: str | None = None,
-    base_model: str | None = None,
+def train_batch(
+    batch_url: str,
+    run_url: str | os.PathLike,
     on_step_end: Callable[[int, dict], None] | None = None,
-    carry_optimizer: bool = False,
+    logging_dir: str | None = None,
 ) -> TrainResult:
-    """Train (or resume the run in run_dir) and register its checkpoints; returns the last one.
+    """Train on a committed GRPO batch (or resume the run at run_url); checkpoints are committed under run_url.
 
-    groups: the plan (default: plan_groups(con, config, parent_id)); ignored when run_dir already holds a plan.
-    parent_id: a checkpoint id to continue from (None = the base model); base_model: a hub id/path (None = the
-    default small model, or the parent's base). con may be None on non-main processes under accelerate.
-    carry_optimizer: start from the parent checkpoint's optimizer state (the loop's consecutive runs behave as
-    one long run; with one step per run, a fresh Adam would take sign-like first steps every time).
-    """
+    The config, parent checkpoint and base model come from the batch's manifest. logging_dir: TensorBoard (default
+    <run_url>/tensorboard for a local run, else under $HITCHHIKER_HOME/runs/<run_id>)."""
+    meta = batches.read_meta(batch_url)
+    if meta["algorithm"] != "grpo":
+        raise ValueError(f"batch {batch_url} is a {meta['algorithm']} batch, not grpo")
+    config = GRPOConfig(**meta["config"])
     config.check()
-    run_dir = Path(run_dir)
+    run_url = str(run_url)
+    run_id, base_model, parent_id = f"grpo-{meta['batch_id'][:12]}", meta["base_model"], meta.get("parent_id")
+    committed = ckpts.committed_in_run(run_url)
+    other = [m["checkpoint_id"] for _, m in committed if m.get("batch_id") != meta["batch_id"]]
+    if other:
+        raise ValueError(f"run {run_url} holds checkpoints of another batch ({other[0]}); use a new run URL")
     use_bf16 = config.bf16 and torch.cuda.is_available()
     accelerator = _accelerator(use_bf16)
-    if accelerator.is_main_process:
-        plan = _read_plan(run_dir)
-        if plan is None:
-            plan = _new_plan(con, config, run_dir, groups, parent_id, base_model)
-    accelerator.wait_for_everyone()
-    plan = _read_plan(run_dir)
-    if plan is None:
-        raise FileNotFoundError(f"no plan in {run_dir}")
-    if plan["config"] != _plan_config(config):
-        raise ValueError(f"run {run_dir} was started with another config; use a new run_dir (started: {plan['config']})")
-    run_id, base_model, parent_id = plan["run_id"], plan["base_model"], plan["parent_id"]
-    plan_groups_ = [_group_from_json(g) for g in plan["groups"]]
+    plan_groups_ = batches.read_groups(batch_url)
+    if [g.group_id for g in plan_groups_] != meta["groups"]:
+        raise ValueError(f"batch {batch_url}: its rollouts do not hold the groups its manifest lists")
     n_steps_total = math.ceil(len(plan_groups_) / config.groups_per_step)
     if config.max_steps is not None:
         n_steps_total = min(n_steps_total, config.max_steps)
     max_len = config.max_completion_length or max((len(r.completion_ids) for g in plan_groups_ for r in g.rollouts), default=1)
 
-    latest = ckpts.latest_in_run(run_dir)
-    start_from = latest if latest is not None else (Path(plan["parent_path"]) if plan["parent_path"] else None)
+    latest = committed[-1][0] if committed else None
+    start_url = latest or meta.get("parent_url")
+    start_from = storage.fetch_dir(start_url) if start_url else None
     torch.manual_seed(config.seed)  # the LoRA init of a fresh adapter
     model, tokenizer = load_trainable(base_model, start_from, config)
     ref_model = load_reference(base_model) if config.beta != 0.0 and config.finetune == "full" else None
@@ -98,12 +80,12 @@ def train_grpo(
     scheduler = _scheduler(optimizer, config, n_steps_total)
     step, last_saved_step = 0, 0
     if latest is not None:
-        state = torch.load(latest / ckpts.TRAINER_STATE, weights_only=False)
+        state = torch.load(start_from / ckpts.TRAINER_STATE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpts.set_rng_state(state["rng"])
         step = last_saved_step = int(state["step"])
-    elif carry_optimizer and start_from is not None and (start_from / ckpts.TRAINER_STATE).is_file():
+    elif meta.get("carry_optimizer") and start_from is not None and (start_from / ckpts.TRAINER_STATE).is_file():
         optimizer.load_state_dict(torch.load(start_from / ckpts.TRAINER_STATE, weights_only=False)["optimizer"])
         for g in optimizer.param_groups:  # this run's learning rate, not the parent's last scheduled one
             g["lr"] = g["initial_lr"] = config.learning_rate
@@ -112,11 +94,11 @@ def train_grpo(
         ref_model.to(accelerator.device)
     model.train()
 
-    writer = _tensorboard(config, run_dir, step) if accelerator.is_main_process else None
+    writer = _tensorboard(logging_dir or config.logging_dir or _default_logs(run_url, run_id), step) if accelerator.is_main_process else None
     metrics_since_save: list[dict] = []
     all_metrics: list[dict] = []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    last_id = _checkpoint_id(run_id, step) if latest is not None else parent_id
+    last_id = committed[-1][1]["checkpoint_id"] if committed else parent_id
     while step < n_steps_total:
         t0 = time.perf_counter()
         step_groups = plan_groups_[step * config.groups_per_step:(step + 1) * config.groups_per_step]
@@ -135,19 +117,26 @@ def train_grpo(
         if step == n_steps_total or (config.save_every_steps and step % config.save_every_steps == 0):
             if accelerator.is_main_process:
                 used = [g.group_id for g in plan_groups_[last_saved_step * config.groups_per_step:step * config.groups_per_step]]
-                last_id = _save(con, accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, config, plan, run_dir,
-                                step, last_id, used, metrics_since_save)
+                last_id = _save(accelerator.unwrap_model(model), tokenizer, optimizer, scheduler, config, meta, run_id,
+                                run_url, step, last_id, used, metrics_since_save)
             accelerator.wait_for_everyone()
             last_saved_step, metrics_since_save = step, []
     if writer is not None:
         writer.close()
-    if accelerator.is_main_process and con is not None:
-        _register_unregistered(con, run_dir)  # a run killed between its last save and its registration
-    final = ckpts.latest_in_run(run_dir)
-    if final is None:
+    final = ckpts.committed_in_run(run_url)
+    if not final:
         raise ValueError(f"run {run_id} has no groups to train on (empty plan)")
-    return TrainResult(run_id, _checkpoint_id(run_id, n_steps_total), str(final), n_steps_total,
-                       [g.group_id for g in plan_groups_[:n_steps_total * config.groups_per_step]], all_metrics)
+    return TrainResult(run_id, _checkpoint_id(run_id, n_steps_total), final[-1][0], n_steps_total,
+                       [g.group_id for g in plan_groups_[:n_steps_total * config.groups_per_step]], all_metrics,
+                       [m["checkpoint_id"] for _, m in final])
+
+
+def _default_logs(run_url: str, run_id: str) -> str:
+    if storage.is_local(run_url):
+        return storage.join(run_url, "tensorboard")
+    from hitchhiker.policy import hitchhiker_home
+
+    return str(hitchhiker_home() / "runs" / run_id / "tensorboard")
 
 
 def _accelerator(use_bf16: bool):
@@ -224,36 +213,28 @@ def _scheduler(optimizer, config: GRPOConfig, total_steps: int):
     return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
 
 
-def _tensorboard(config: GRPOConfig, run_dir: Path, step: int):
+def _tensorboard(log_dir: str, step: int):
     from torch.utils.tensorboard import SummaryWriter
 
     # purge_step drops events a killed run logged after its last checkpoint, so curves do not double back
-    return SummaryWriter(log_dir=str(config.logging_dir or run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+    return SummaryWriter(log_dir=str(log_dir), purge_step=step + 1 if step else None)
 
 
 def _checkpoint_id(run_id: str, step: int) -> str:
     return f"{run_id}-s{step:05d}"
 
 
-def _save(con, model, tokenizer, optimizer, scheduler, config, plan, run_dir, step, parent_id, used, metrics) -> str:
-    checkpoint_id = _checkpoint_id(plan["run_id"], step)
+def _save(model, tokenizer, optimizer, scheduler, config, batch_meta, run_id, run_url, step, parent_id, used, metrics) -> str:
+    checkpoint_id = _checkpoint_id(run_id, step)
     meta = {
-        "checkpoint_id": checkpoint_id, "parent_id": parent_id, "run_id": plan["run_id"], "base_model": plan["base_model"],
-        "algorithm": "grpo", "finetune": config.finetune, "step": step, "reward_spec": plan["reward_spec"],
-        "created_at": datetime.now(timezone.utc).isoformat(), "groups_used": used, "train_metrics": _summary(metrics),
+        "checkpoint_id": checkpoint_id, "parent_id": parent_id, "run_id": run_id, "base_model": batch_meta["base_model"],
+        "algorithm": "grpo", "finetune": config.finetune, "step": step, "reward_spec": batch_meta["reward_spec"],
+        "batch_id": batch_meta["batch_id"], "created_at": datetime.now(timezone.utc).isoformat(), "groups_used": used,
+        "train_metrics": _summary(metrics),
     }
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": ckpts.rng_state(), "step": step}
-    path = ckpts.save(run_dir / checkpoint_id, model, tokenizer, meta, state)
-    if con is not None:
-        ckpts.register(con, meta, path, meta["train_metrics"], used)
+    ckpts.save(run_url, checkpoint_id, model, tokenizer, meta, state)
     return checkpoint_id
-
-
-def _register_unregistered(con, run_dir: Path) -> None:
-    for d in sorted(Path(run_dir).iterdir()):
-        if not d.name.startswith(".") and (d / ckpts.TRAINER_STATE).is_file():
-            meta = ckpts.read_meta(d)
-            ckpts.register(con, meta, d, meta.get("train_metrics", {}), meta.get("groups_used", []))
 
 
 def _summary(metrics: list[dict]) -> dict:
@@ -265,58 +246,6 @@ def _summary(metrics: list[dict]) -> dict:
     return out
 
 
-# --- the plan ---------------------------------------------------------------------------------------------------
-
-
-def _plan_config(config: GRPOConfig) -> dict:
-    """The config fields that change what a run computes (logging and step limits may differ on resume)."""
-    d = asdict(config)
-    for k in ("logging_dir", "max_steps", "save_every_steps"):
-        d.pop(k)
-    return json.loads(json.dumps(d))
-
-
-def _new_plan(con, config, run_dir: Path, groups, parent_id, base_model) -> dict:
-    from hitchhiker.train.data import default_reward_spec
-
-    parent_path = None
-    if parent_id is not None and not parent_id.startswith("base:"):
-        row = ckpts.get(con, parent_id)
-        parent_path, base_model = row["path"], base_model or row["base_model"]
-    reward_spec = config.reward_spec
-    if groups is None:
-        reward_spec = reward_spec or default_reward_spec()
-        groups = plan_groups(con, config, parent_id)
-    if not groups:
-        raise ValueError("no matured replay groups to train on (need rollouts with rewards under the reward spec)")
-    ids = [g.group_id for g in groups]
-    if len(set(ids)) != len(ids):
-        raise ValueError("the plan lists a replay group twice")
-    base = ckpts.base_model_name(base_model)
-    digest = hashlib.sha256(json.dumps([parent_id, base, ids, _plan_config(config)]).encode()).hexdigest()[:12]
-    plan = {
-        "run_id": f"grpo-{digest}", "parent_id": parent_id, "parent_path": parent_path, "base_model": base,
-        "reward_spec": reward_spec,
-        "config": _plan_config(config), "groups": [_group_to_json(g) for g in groups],
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{PLAN_FILE}.tmp"
-    tmp.write_text(json.dumps(plan))
-    os.replace(tmp, run_dir / PLAN_FILE)
-    return plan
-
-
-def _read_plan(run_dir: Path) -> dict | None:
-    f = Path(run_dir) / PLAN_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
-
-
-def _group_to_json(g: Group) -> dict:
-    d = asdict(g)
-    d["decision_date"] = str(g.decision_date)
-    return d
-
-
-def _group_from_json(d: dict) -> Group:
-    return Group(d["group_id"], d["state_id"], d["decision_date"], d["policy_version"], d["zero_variance"],
-                 [Rollout(**r) for r in d["rollouts"]])
+def plan_config(config: GRPOConfig) -> dict:
+    """The config fields that change what a run computes, as the batch records them."""
+    return json.loads(json.dumps(asdict(config)))

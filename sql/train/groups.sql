@@ -10,6 +10,7 @@ SELECT
     r.rollout_id,
     r.sample_index,
     r.temperature,
+    r.top_p,
     r.prompt_ids,
     r.completion_ids,
     r.token_logprobs,
