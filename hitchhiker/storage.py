@@ -12,14 +12,17 @@ manifest does not exist for a reader. This module imports neither duckdb nor the
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import fsspec
+from fsspec.utils import glob_translate
 
 ENV = "HITCHHIKER_STORAGE"
 DEFAULT_DB = "hitchhiker.duckdb"
@@ -78,7 +81,11 @@ def filesystem(url: str | os.PathLike):
     """(fsspec filesystem, path within it) for a URL or local path; a clear error when the protocol's package is
     missing."""
     try:
-        return fsspec.core.url_to_fs(_local(url) if is_local(url) else str(url))
+        if is_local(url):
+            return fsspec.core.url_to_fs(_local(url))
+        # No listings cache: an instance lives as long as the process (fsspec caches instances), and a cached listing
+        # would hide files other machines write after it (a long-running orchestrator would never see new groups).
+        return fsspec.core.url_to_fs(str(url), use_listings_cache=False)
     except ImportError as e:
         raise ValueError(f"storage URL {url}: its filesystem package is not installed ({e}); "
                          "for s3:// install the [s3] extra (s3fs), gs:// gcsfs, az:// adlfs") from None
@@ -127,9 +134,22 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
 
 
 def glob(pattern: str) -> list[str]:
-    """URLs matching a glob (hidden temp names excluded), sorted."""
+    """URLs matching a glob (`*` within one path segment; hidden temp names excluded), sorted.
+
+    On object storage one recursive listing of the prefix before the first wildcard (paged, 1000 keys a request)
+    instead of fsspec's walk, which lists every folder the pattern crosses (a request per date and per pair)."""
     fs, path = filesystem(pattern)
-    return sorted(_full(fs, p) for p in fs.glob(path) if not Path(p).name.startswith("."))
+    found = fs.glob(path) if is_local(pattern) else _listed_glob(fs, path)
+    return sorted(_full(fs, p) for p in found if not Path(p).name.startswith("."))
+
+
+def _listed_glob(fs, path: str) -> list[str]:
+    """Paths (without protocol) matching a glob, from one recursive listing of the prefix before the wildcard."""
+    wild = min((i for i in (path.find(c) for c in "*?[") if i >= 0), default=-1)
+    if wild < 0:
+        return [path] if fs.exists(path) else []
+    match = re.compile(glob_translate(path)).match
+    return [p for p in fs.find(path[:wild].rsplit("/", 1)[0]) if match(p)]
 
 
 def listdir(url: str | os.PathLike) -> list[str]:
@@ -159,12 +179,12 @@ def commit_dir(src: str | os.PathLike, url: str | os.PathLike, meta: dict | None
     A local destination is built under a hidden temp name, every file fsynced, and renamed whole; object storage gets
     one PUT per file and the manifest after them. Committing a url that already has a manifest changes nothing
     (returns the existing manifest): a result is written once."""
+    if committed(url):
+        return read_manifest(url)
     src = Path(src)
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {"files": [{"name": p.relative_to(src).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
                           for p in files], "meta": meta or {}}
-    if committed(url):
-        return read_manifest(url)
     body = json.dumps(manifest, indent=1, default=str).encode()
     if is_local(url):
         final = Path(_local(url))
@@ -257,5 +277,17 @@ def duckdb_path(con, url: str | os.PathLike) -> str:
     fs, _ = filesystem(url)
     protocols = fs.protocol if isinstance(fs.protocol, (list, tuple)) else [fs.protocol]
     if not any(p in con.list_filesystems() for p in protocols):
-        con.register_filesystem(fs)
+        # an instance of its own (not fsspec's instance cache): its life is the database's
+        con.register_filesystem(_listing_glob_class(type(fs))(skip_instance_cache=True, **fs.storage_options))
     return str(url)
+
+
+@functools.cache
+def _listing_glob_class(cls: type) -> type:
+    """cls whose glob is one recursive listing (_listed_glob). DuckDB expands a read_parquet glob through the
+    registered filesystem's glob; fsspec's own lists each folder the pattern crosses, so a query over the replay on
+    object storage would cost a request per date and per pair before any partition is pruned."""
+    def listing_glob(self, path, **kwargs):
+        return [p for p in _listed_glob(self, self._strip_protocol(path)) if not Path(p).name.startswith(".")]
+
+    return type(f"ListingGlob{cls.__name__}", (cls,), {"glob": listing_glob})
