@@ -1,26 +1,36 @@
 """The replay buffer: one Parquet file per group, Hive-partitioned by decision date and pair, read through a view.
 
-Layout under a root (default `<db file stem>_replay/` beside the DuckDB file):
+Layout under a root, a local folder (default `<db file stem>_replay/` beside the DuckDB file) or a storage URL
+(`s3://bucket/prefix/replay`, hitchhiker.storage):
 
     decision_date=2016-01-04/pair=AAP-ABBV/<group_id>.parquet
 
 Why files and not a DuckDB table: rollout workers (a GPU box, several processes) write their own files without
 DuckDB's single-writer lock, the root can be object storage, and a query on one date or one pair opens only that
-partition. Each file is written to a hidden temp name and renamed into place (atomic on one filesystem), so a
-killed writer never leaves a partial file that the view's glob could match; a group whose file exists is skipped,
-so re-running is idempotent. The partition columns live in the folder names only.
+partition. Locally each file is written to a hidden temp name and renamed into place (atomic on one filesystem); on
+object storage it is serialized in memory and PUT once under its final key. Either way a killed writer never leaves
+a partial file that the view's glob could match; a group whose file exists is skipped, so re-running is idempotent.
+The partition columns live in the folder names only.
+
+Writers (group_path, has_group, write_group, existing_groups) need neither duckdb nor the store: GPU workers import
+this module. A view over a remote root reads through an fsspec filesystem registered on the DuckDB database
+(`attach_storage`), which a newly opened database must register again before it reads `replay`.
 """
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hitchhiker import db
+from hitchhiker import storage as _storage
+
+if TYPE_CHECKING:
+    import duckdb
 
 # Columns stored in each file (decision_date and pair come from the folders); types match sql/migrations/003.
 FILE_SCHEMA = pa.schema([
@@ -46,15 +56,22 @@ FILE_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 GLOB = "decision_date=*/pair=*/*.parquet"
+Root = str | os.PathLike  # a local folder, or a storage URL such as s3://bucket/prefix/replay
 
 
 def default_root(db_file: str | os.PathLike | None = None) -> Path:
     """`<db file stem>_replay/` beside the database file."""
-    return db.beside(db.db_path(db_file).resolve(), "replay")
+    return _storage.beside(_storage.db_path(db_file).resolve(), "replay")
 
 
-def group_path(root: str | os.PathLike, decision_date: date | str, pair: str, group_id: str) -> Path:
-    """Where one group's file lives."""
+def root_for(db_file: str | os.PathLike | None, storage: str | None = None) -> str:
+    """The replay root of a store: `<storage>/replay` with a storage URL (argument or $HITCHHIKER_STORAGE), else the
+    folder beside the database file (default_root)."""
+    return _storage.location(db_file, storage, "replay")
+
+
+def group_path(root: Root, decision_date: date | str, pair: str, group_id: str) -> Path | str:
+    """Where one group's file lives: a Path under a local root, a URL under a remote one."""
     d = decision_date if isinstance(decision_date, str) else decision_date.isoformat()
     try:
         date.fromisoformat(d)  # a malformed date would create a partition no filter can reach
@@ -62,22 +79,33 @@ def group_path(root: str | os.PathLike, decision_date: date | str, pair: str, gr
         raise ValueError(f"decision_date {d!r} is not a date (YYYY-MM-DD)") from None
     if not pair or "/" in pair or "=" in pair:
         raise ValueError(f"pair {pair!r} cannot name a partition folder")
-    return Path(root) / f"decision_date={d}" / f"pair={pair}" / f"{group_id}.parquet"
+    where = _storage.join(root, f"decision_date={d}", f"pair={pair}", f"{group_id}.parquet")
+    return Path(where) if _storage.is_local(root) else where
 
 
-def has_group(root: str | os.PathLike, decision_date: date | str, pair: str, group_id: str) -> bool:
-    return group_path(root, decision_date, pair, group_id).is_file()
+def has_group(root: Root, decision_date: date | str, pair: str, group_id: str) -> bool:
+    return _exists(group_path(root, decision_date, pair, group_id))
 
 
-def write_group(root: str | os.PathLike, decision_date: date | str, pair: str, group_id: str, rows: list[dict]) -> Path | None:
-    """Write one group atomically; returns its path, or None when the group was already there (nothing written)."""
+def _exists(where: Path | str) -> bool:
+    return where.is_file() if isinstance(where, Path) else _storage.exists(where)
+
+
+def write_group(root: Root, decision_date: date | str, pair: str, group_id: str, rows: list[dict]) -> Path | str | None:
+    """Write one group atomically; returns its path (URL on object storage), or None when the group was already there
+    (nothing written)."""
     final = group_path(root, decision_date, pair, group_id)
-    if final.is_file():
+    if _exists(final):
         return None
     bad = [r.get("group_id") for r in rows if r.get("group_id") != group_id]
     if not rows or bad:
         raise ValueError(f"group {group_id}: rows must be non-empty and all carry that group_id (got {bad[:3]})")
     table = pa.Table.from_pylist(rows, schema=FILE_SCHEMA)
+    if not isinstance(final, Path):  # object storage: one PUT of the whole file under its final key
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer)
+        _storage.write_bytes(final, buffer.getvalue().to_pybytes())
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     try:
@@ -90,24 +118,58 @@ def write_group(root: str | os.PathLike, decision_date: date | str, pair: str, g
     return final
 
 
-def existing_groups(root: str | os.PathLike) -> list[tuple[date, str]]:
-    """(decision_date, group_id) of every group file under root, read from the paths (a directory walk, no file
-    opened)."""
-    return [(date.fromisoformat(p.parent.parent.name.removeprefix("decision_date=")), p.stem)
-            for p in Path(root).glob(GLOB)]
+def existing_groups(root: Root) -> list[tuple[date, str]]:
+    """(decision_date, group_id) of every group file under root, read from the paths (a directory walk, or one
+    listing of the prefix on object storage; no file opened)."""
+    if _storage.is_local(root):
+        return [(date.fromisoformat(p.parent.parent.name.removeprefix("decision_date=")), p.stem)
+                for p in Path(_storage.join(root)).glob(GLOB)]
+    groups = []
+    for url in _storage.glob(_storage.join(root, GLOB)):
+        day, _, name = url.rsplit("/", 3)[-3:]
+        groups.append((date.fromisoformat(day.removeprefix("decision_date=")), name.removesuffix(".parquet")))
+    return groups
 
 
-def existing_group_ids(root: str | os.PathLike) -> set[str]:
-    """Every group_id with a file under root (a directory walk, no file opened)."""
+def existing_group_ids(root: Root) -> set[str]:
+    """Every group_id with a file under root (a directory walk, or one listing, no file opened)."""
     return {group_id for _, group_id in existing_groups(root)}
 
 
-def ensure_view(con: duckdb.DuckDBPyConnection, root: str | os.PathLike) -> None:
-    """Create (or re-point) the view `replay` over root; an empty typed view while root holds no group yet."""
-    root = Path(root).resolve()
-    if any(root.glob(GLOB)):
-        glob = str(root / GLOB).replace("'", "''")
+def ensure_view(con: duckdb.DuckDBPyConnection, root: Root) -> None:
+    """Create (or re-point) the view `replay` over root; an empty typed view while root holds no group yet.
+
+    A remote root's filesystem is registered on con's database (attach_storage): a database opened later must
+    register it again before reading the view."""
+    from hitchhiker import db
+
+    if _storage.is_local(root):
+        local = Path(_storage.join(root)).resolve()
+        found = any(local.glob(GLOB))
+    else:
+        found = bool(_storage.glob(_storage.join(root, GLOB)))
+    if found:
+        glob = _storage.join(_storage.duckdb_path(con, root), GLOB).replace("'", "''")
         con.execute(db.sql_text("replay/view").replace("{glob}", glob))
     else:
         empty = db.sql_text("migrations/003_replay").replace("CREATE VIEW IF NOT EXISTS", "CREATE OR REPLACE VIEW")
         con.execute(empty)
+
+
+_VIEW_URL = re.compile(r"read_parquet\('([a-z][a-z0-9+.-]*://(?:[^']|'')*)/" + re.escape(GLOB) + "'")
+
+
+def attach_storage(con: duckdb.DuckDBPyConnection, root: Root | None = None) -> None:
+    """Register the filesystem of a remote replay root on con's database, so that the view `replay` can be read; a
+    local root needs nothing. Cheap and idempotent (no listing). root None: the URL the view `replay` reads, if any.
+
+    DuckDB keeps a registered filesystem per open database: connections to the same open file share it, but a file
+    opened anew (another process, or after every connection was closed) must attach again."""
+    if root is None:
+        views = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'replay' AND NOT internal").fetchall()
+        for found in (_VIEW_URL.search(sql or "") for (sql,) in views):
+            if found is not None:
+                _storage.duckdb_path(con, found.group(1).replace("''", "'"))
+        return
+    if not _storage.is_local(root):
+        _storage.duckdb_path(con, root)

@@ -101,10 +101,11 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
                     replay_root: str | Path | None = None) -> dict:
     """Reward every matured rollout of `replay` that has no row under `spec` yet; idempotent, one transaction.
 
-    replay_root: the replay buffer's folder. When given, the view `replay` is pointed at it and only the decision
-    dates with a group that has no reward under `spec` are read (sql/rewards/open_dates.sql, from the folder names):
-    the Parquet files of finished dates are not opened, so a daily run does not re-read years of buffer. Without it
-    the whole `replay` relation is read (any table or view of that name).
+    replay_root: the replay buffer's root, a folder or a storage URL (s3://...). When given, the view `replay` is
+    pointed at it and only the decision dates with a group that has no reward under `spec` are read
+    (sql/rewards/open_dates.sql, from the folder names or object keys: one listing): the Parquet files of finished
+    dates are not opened, so a daily run does not re-read years of buffer. Without it the whole `replay` relation is
+    read (any table or view of that name; over a remote root, replay.attach_storage must have registered it).
     Returns counts: pending (rollouts without a reward before the run), inserted, waiting (pending, not matured),
     total (rows under this spec after the run), dates_read (decision dates read; None = all), plus reward_spec and
     computed_at (the run's stamp on its rows).

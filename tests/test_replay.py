@@ -13,7 +13,8 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from hitchhiker import db, replay
+from hitchhiker import db, replay, storage
+from s3_server import s3  # noqa: F401 (fixture)
 
 DATES = ["2016-01-04", "2016-01-05", "2016-01-06"]
 PAIRS = ["A-AAP", "ABBV-ABC"]
@@ -129,3 +130,119 @@ def test_bad_partition_keys_and_rows_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="non-empty"):
         replay.write_group(tmp_path, DATES[0], PAIRS[0], "g", [])
     assert not any(tmp_path.rglob("*.parquet"))
+
+
+# --- a root on object storage (a real S3 server, moto on 127.0.0.1) ----------------------------------------------------
+
+
+def _write_all(root) -> None:
+    for d in DATES:
+        for p in PAIRS:
+            gid = f"g-{d}-{p}"
+            replay.write_group(root, d, p, gid, rows(gid))
+
+
+def _rows(con) -> list[tuple]:
+    return con.execute("SELECT * EXCLUDE (created_at) FROM replay ORDER BY rollout_id").fetchall()
+
+
+def test_an_s3_root_holds_the_same_groups_as_a_local_folder(s3, tmp_path):
+    root = s3.url("same/replay")
+    assert replay.existing_groups(root) == []
+    assert not replay.has_group(root, DATES[0], PAIRS[0], f"g-{DATES[0]}-{PAIRS[0]}")
+    _write_all(root)
+    _write_all(tmp_path / "replay")
+    key = replay.group_path(root, DATES[0], PAIRS[0], f"g-{DATES[0]}-{PAIRS[0]}")
+    assert key == f"{root}/decision_date={DATES[0]}/pair={PAIRS[0]}/g-{DATES[0]}-{PAIRS[0]}.parquet"
+    assert replay.has_group(root, DATES[0], PAIRS[0], f"g-{DATES[0]}-{PAIRS[0]}")
+    assert sorted(replay.existing_groups(root)) == sorted(replay.existing_groups(tmp_path / "replay"))
+    assert len(replay.existing_group_ids(root)) == 6
+
+    remote, local = duckdb.connect(), duckdb.connect()
+    replay.ensure_view(remote, root)
+    replay.ensure_view(local, tmp_path / "replay")
+    assert remote.execute("DESCRIBE replay").fetchall() == local.execute("DESCRIBE replay").fetchall()
+    assert _rows(remote) == _rows(local) and len(_rows(remote)) == 24
+    # partition pruning from the object keys: only that date's files are opened
+    assert explain_files(remote, f"decision_date = DATE '{DATES[1]}'") == (2, 6)
+    assert explain_files(remote, f"decision_date = DATE '{DATES[1]}' AND pair = '{PAIRS[0]}'") == (1, 6)
+
+
+def test_rewriting_a_group_on_s3_writes_nothing(s3):
+    import s3fs
+
+    root = s3.url("rewrite/replay")
+    key = replay.write_group(root, DATES[0], PAIRS[0], "g1", rows("g1"))
+    fs = s3fs.S3FileSystem()
+    before = fs.info(key)
+    assert replay.write_group(root, DATES[0], PAIRS[0], "g1", rows("g1", completion="ACTION: B")) is None
+    after = fs.info(key)
+    assert (after["ETag"], after["LastModified"]) == (before["ETag"], before["LastModified"])
+    assert replay.existing_groups(root) == [(datetime(2016, 1, 4).date(), "g1")]
+
+
+def test_a_failed_s3_write_leaves_no_object(s3, monkeypatch):
+    def lost(url, data):
+        raise OSError("connection reset")
+
+    root = s3.url("failed/replay")
+    monkeypatch.setattr(storage, "write_bytes", lost)
+    with pytest.raises(OSError, match="reset"):
+        replay.write_group(root, DATES[0], PAIRS[0], "g0", rows("g0"))
+    monkeypatch.undo()
+    assert replay.existing_groups(root) == [] and not replay.has_group(root, DATES[0], PAIRS[0], "g0")
+
+
+def test_the_s3_view_is_empty_until_a_group_exists_and_sees_later_groups(s3, tmp_path):
+    root = s3.url("later/replay")
+    con = db.connect(tmp_path / "store.duckdb")
+    empty = con.execute("DESCRIBE replay").fetchall()
+    replay.ensure_view(con, root)
+    assert con.execute("SELECT count(*) FROM replay").fetchall() == [(0,)]
+    replay.write_group(root, DATES[0], PAIRS[0], "g0", rows("g0"))
+    replay.ensure_view(con, root)
+    assert con.execute("DESCRIBE replay").fetchall() == empty
+    replay.write_group(root, DATES[1], PAIRS[1], "g1", rows("g1"))  # after the view: seen (no stale listing)
+    assert con.execute("SELECT decision_date::VARCHAR, count(*) FROM replay GROUP BY 1 ORDER BY 1").fetchall() == [
+        (DATES[0], 4), (DATES[1], 4)]
+    con.close()
+
+
+def test_a_store_opened_anew_attaches_the_s3_root_before_reading_the_view(s3, tmp_path):
+    root = s3.url("attach/replay")
+    _write_all(root)
+    con = db.connect(tmp_path / "store.duckdb")
+    replay.ensure_view(con, root)
+    con.close()
+    con = db.connect(tmp_path / "store.duckdb")
+    con.execute("SET autoinstall_known_extensions = false")  # fail at once instead of trying to download httpfs
+    with pytest.raises(duckdb.Error):
+        con.execute("SELECT count(*) FROM replay").fetchall()
+    replay.attach_storage(con)  # the URL from the view's own definition
+    replay.attach_storage(con, root)  # idempotent
+    assert con.execute("SELECT count(*) FROM replay").fetchall() == [(24,)]
+    con.close()
+    local = duckdb.connect()
+    replay.attach_storage(local)  # no view, or a view over a local folder: nothing to do
+    replay.attach_storage(local, tmp_path)
+    assert local.list_filesystems() == []
+
+
+def test_a_query_over_the_s3_view_lists_the_prefix_once(s3, monkeypatch):
+    """DuckDB expands the glob through the registered filesystem: one listing, not one per date and pair folder."""
+    import s3fs
+
+    root = s3.url("listing/replay")
+    _write_all(root)
+    con = duckdb.connect()
+    replay.ensure_view(con, root)
+    listed = []
+    real = s3fs.S3FileSystem._lsdir
+
+    async def counted(self, path, *args, **kwargs):
+        listed.append(path)
+        return await real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_lsdir", counted)
+    assert con.execute(f"SELECT count(*) FROM replay WHERE decision_date = DATE '{DATES[1]}'").fetchall() == [(8,)]
+    assert len(listed) == 1  # fsspec's own glob would list the root, each date and each pair: 10 requests

@@ -14,7 +14,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from hitchhiker import db, rewards
+from hitchhiker import db, replay, rewards, storage
+from s3_server import s3  # noqa: F401 (fixture)
 
 CSV_TICKERS = ["O", "DHR", "ES", "ICE", "BMY", "AAPL", "BHF", "WRK", "REGN", "VRTX", "FTV", "UA"]
 YAHOO_FILES = ["chart-AAPL-2020-08-31-to-2020-11-07.json",
@@ -411,3 +412,56 @@ def test_preview_cli(store, tmp_path):
     p = subprocess.run([exe, "rewards", "preview", "--db", str(path), "--actions", str(tmp_path / "absent.csv")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "absent.csv" in p.stderr and "Traceback" not in p.stderr
+
+
+def _write_replay(root, rows: list[dict]) -> None:
+    """rows (from _decisions) as one replay file per group under root."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group_id"], []).append(r)
+    for gid, members in groups.items():
+        first = members[0]
+        replay.write_group(root, first["decision_date"], "-".join(sorted(first["tickers"])), gid, [
+            {**{k: r[k] for k in ("rollout_id", "state_id", "group_id", "mode", "policy_version", "action", "proportion",
+                                  "position", "valid")},
+             "sample_index": int(r["rollout_id"][-1]), "temperature": 0.7, "top_p": 1.0, "prompt_ids": [1],
+             "completion": "", "completion_ids": [2], "token_logprobs": [-0.1], "logprob_sum": -0.1, "advisory_text": "",
+             "invalid_reason": None if r["valid"] else "test", "created_at": datetime(2016, 1, 4, tzinfo=timezone.utc)}
+            for r in members])
+
+
+def test_compute_rewards_over_an_s3_replay_root(store, s3, tmp_path):
+    """The same groups on S3 and in a local folder get the same rewards; on S3 too the finished dates are not read."""
+    con, rows, prices = store
+    cut = date(2015, 12, 30)  # the 30th and 31st wait for the next year's prices
+    sub = [r for r in rows if r["tickers"] in (["BMY", "ICE"], ["BMY"]) and date(2015, 12, 26) <= r["decision_date"] <= date(2015, 12, 31)]
+    days = sorted({r["decision_date"] for r in sub})
+    roots = {"s3": s3.url("rewards/replay"), "local": tmp_path / "replay"}
+    got, stores = {}, {}
+    for name, root in roots.items():
+        stores[name] = db.connect(tmp_path / f"{name}.duckdb")
+        stores[name].register("p", con.sql("SELECT * FROM prices WHERE ticker IN ('BMY', 'ICE')").to_arrow_table())
+        stores[name].execute("INSERT INTO prices SELECT * FROM p WHERE date <= ?", [cut])
+        _store_decisions(stores[name], sub)  # the states; the rollouts are read from the files instead
+        stores[name].execute("DROP TABLE replay")
+        _write_replay(root, sub)
+        counts = rewards.compute_rewards(stores[name], rewards.RewardSpec(), root)
+        assert (counts["dates_read"], counts["waiting"]) == (len(days), 16)
+        got[name] = stores[name].execute("SELECT rollout_id, reward_usd, entry_date, exit_date, flags FROM rewards "
+                                         "ORDER BY rollout_id").fetchall()
+    assert got["s3"] == got["local"] and len(got["s3"]) == len(sub) - 16
+    for rollout_id, reward_usd, *_ in got["s3"][:8]:
+        want = reference(next(r for r in sub if r["rollout_id"] == rollout_id), prices, rewards.RewardSpec())
+        assert abs(reward_usd - want["reward_usd"]) <= 1e-12
+
+    # A finished date's objects made unreadable: a run that opened them would fail.
+    s3_store = stores["s3"]
+    for url in storage.glob(storage.join(roots["s3"], "decision_date=2015-12-28/pair=*/*.parquet")):
+        storage.write_bytes(url, b"not parquet")
+    again = rewards.compute_rewards(s3_store, rewards.RewardSpec(), roots["s3"])
+    assert (again["dates_read"], again["pending"], again["inserted"]) == (2, 16, 0)
+    s3_store.execute("INSERT INTO prices SELECT * FROM p WHERE date > ?", [cut])
+    last = rewards.compute_rewards(s3_store, rewards.RewardSpec(), roots["s3"])
+    assert (last["dates_read"], last["inserted"], last["waiting"], last["total"]) == (2, 16, 0, len(sub))
+    for c in stores.values():
+        c.close()
