@@ -21,7 +21,7 @@ def compute(db_path: str | None, replay_root: str | None, spec: dict) -> dict:
     with store_slot():
         con = db.connect(db_path)
         try:
-            counts = rewards.compute_rewards(con, reward_spec, replay_root or replay.default_root(db_path))
+            counts = rewards.compute_rewards(con, reward_spec, replay_root or replay.root_for(db_path))
             rows = rewards.summary_by_date(con, counts["reward_spec"], counts["computed_at"]) if counts["inserted"] else []
         finally:
             con.close()

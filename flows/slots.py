@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+import time
 from typing import Iterator
 
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
 
 STORE_LIMIT = "hitchhiker-duckdb-writer"
+# When set, every hold of the slot appends {"start", "end", "held_s", "pid"} (epoch seconds) as one JSON line to this
+# file: how long the store was held, by whom, for bench/offhost.py and for anyone sizing a deployment.
+SLOT_LOG_ENV = "HITCHHIKER_SLOT_LOG"
 
 
 @functools.cache
@@ -28,4 +34,15 @@ def store_slot(timeout_seconds: float = 3600) -> Iterator[None]:
     """Hold the single store slot (created on first use, so a fresh server needs no manual setup)."""
     ensure_store_limit()
     with concurrency(STORE_LIMIT, occupy=1, timeout_seconds=timeout_seconds, strict=True):
-        yield
+        start = time.time()
+        try:
+            yield
+        finally:
+            _account(start, time.time())
+
+
+def _account(start: float, end: float) -> None:
+    path = os.environ.get(SLOT_LOG_ENV)
+    if path:
+        with open(path, "a") as f:  # one short line per write: appends from several processes do not interleave
+            f.write(json.dumps({"start": start, "end": end, "held_s": end - start, "pid": os.getpid()}) + "\n")

@@ -33,7 +33,7 @@ def sample_groups(con: duckdb.DuckDBPyConnection, head: BetaHead, spec: FeatureS
     """Write a group of `group_size` sampled positions per state that has none yet for policy_version; returns counts."""
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
-    root = Path(root)
+    root = root if isinstance(root, Path) else str(root)
     inputs = load_inputs(con, state_ids)
     gids = [group_id(s, policy_version) for s in inputs["state_id"]]
     todo = [i for i, (d, pair, g) in enumerate(zip(inputs["decision_date"], inputs["pair"], gids))

@@ -49,7 +49,26 @@ def connect(path: str | os.PathLike | None = None, read_only: bool = False, migr
         raise StoreError(f"cannot open database {p}: {e}") from None
     if migrate_schema and not read_only:
         migrate(con)
+    attach_remote_files(con)
     return con
+
+
+_REMOTE_URL = re.compile(r"'([a-z][a-z0-9+.-]*://(?:[^']|'')*)'")
+
+
+def attach_remote_files(con: duckdb.DuckDBPyConnection) -> None:
+    """Register the fsspec filesystem of every remote URL the store's views read (the replay on s3://...): DuckDB
+    keeps registered filesystems per open database, so a store opened anew must register them again before a query
+    over such a view. A protocol whose package is missing is left for the query to report."""
+    from hitchhiker import storage
+
+    for (sql,) in con.execute("SELECT sql FROM duckdb_views() WHERE NOT internal").fetchall():
+        for url in _REMOTE_URL.findall(sql or ""):
+            if not url.startswith("file://"):
+                try:
+                    storage.duckdb_path(con, url.replace("''", "'"))
+                except ValueError:
+                    pass
 
 
 def sql_text(name: str) -> str:

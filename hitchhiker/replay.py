@@ -19,7 +19,6 @@ this module. A view over a remote root reads through an fsspec filesystem regist
 from __future__ import annotations
 
 import os
-import re
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,20 +155,16 @@ def ensure_view(con: duckdb.DuckDBPyConnection, root: Root) -> None:
         con.execute(empty)
 
 
-_VIEW_URL = re.compile(r"read_parquet\('([a-z][a-z0-9+.-]*://(?:[^']|'')*)/" + re.escape(GLOB) + "'")
-
-
 def attach_storage(con: duckdb.DuckDBPyConnection, root: Root | None = None) -> None:
     """Register the filesystem of a remote replay root on con's database, so that the view `replay` can be read; a
     local root needs nothing. Cheap and idempotent (no listing). root None: the URL the view `replay` reads, if any.
 
     DuckDB keeps a registered filesystem per open database: connections to the same open file share it, but a file
-    opened anew (another process, or after every connection was closed) must attach again."""
+    opened anew (another process, or after every connection was closed) must attach again; db.connect does."""
     if root is None:
-        views = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'replay' AND NOT internal").fetchall()
-        for found in (_VIEW_URL.search(sql or "") for (sql,) in views):
-            if found is not None:
-                _storage.duckdb_path(con, found.group(1).replace("''", "'"))
+        from hitchhiker import db
+
+        db.attach_remote_files(con)
         return
     if not _storage.is_local(root):
         _storage.duckdb_path(con, root)

@@ -70,6 +70,11 @@ def _local(url: str | os.PathLike) -> str:
     return str(url).removeprefix("file://")
 
 
+def absolute(url: str | os.PathLike) -> str:
+    """A local path made absolute (a run or checkpoint URL is recorded in the store and read from other cwds)."""
+    return str(Path(_local(url)).resolve()) if is_local(url) else str(url)
+
+
 def join(url: str | os.PathLike, *parts: str) -> str:
     """url/part/... (a local path stays a path)."""
     if is_local(url):

@@ -214,7 +214,10 @@ def test_a_store_opened_anew_attaches_the_s3_root_before_reading_the_view(s3, tm
     con = db.connect(tmp_path / "store.duckdb")
     replay.ensure_view(con, root)
     con.close()
-    con = db.connect(tmp_path / "store.duckdb")
+    con = db.connect(tmp_path / "store.duckdb")  # the store's own connect registers what its views read
+    assert con.execute("SELECT count(*) FROM replay").fetchall() == [(24,)]
+    con.close()
+    con = duckdb.connect(str(tmp_path / "store.duckdb"))  # a plain DuckDB connection does not
     con.execute("SET autoinstall_known_extensions = false")  # fail at once instead of trying to download httpfs
     with pytest.raises(duckdb.Error):
         con.execute("SELECT count(*) FROM replay").fetchall()
