@@ -13,7 +13,9 @@ from — GRPO's pi_old:
 
 A run needs the database only to read the states it samples and, at the end, to point the view `replay` at the
 Parquet root (`generate_dates` takes a context manager for that, e.g. the Prefect store slot); the sampling itself
-(`sample_states`) needs no database, so workers on other machines can run it and write their own files.
+(`sample_states`) needs no database, so workers on other machines can run it and write their own files. Hence duckdb
+and the store are imported only by the functions that read it: importing this module must not need them
+(hitchhiker.snapshots samples on machines that never open the store).
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager
 
-import duckdb
 import torch
 
-from hitchhiker import contract, db, replay
-from hitchhiker.states import as_date
+from hitchhiker import contract, replay
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 @dataclass
@@ -90,11 +93,15 @@ def missing_state_ids(con: duckdb.DuckDBPyConnection, start: date | str, end: da
 
 
 def _states_in_range(con, start, end, mode) -> list[tuple]:
+    from hitchhiker import db
+
     first, last = _check_selection(start, end, mode)
     return con.execute(db.sql_text("rollouts/states_in_range"), {"start": first, "end": last, "mode": mode}).fetchall()
 
 
 def _check_selection(start, end, mode) -> tuple[date, date]:
+    from hitchhiker.states import as_date
+
     first, last = as_date(start, "start"), as_date(end, "end")
     if last < first:
         raise ValueError(f"end {last} is before start {first}")
@@ -105,6 +112,8 @@ def _check_selection(start, end, mode) -> tuple[date, date]:
 
 def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[State]:
     """The states to sample, in the order given; an unknown id is an error naming it."""
+    from hitchhiker import db
+
     if not state_ids:
         return []
     rows = con.execute(db.sql_text("rollouts/load_states"), {"state_ids": list(state_ids)}).fetchall()
@@ -116,13 +125,19 @@ def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[St
 
 
 def resolve_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint: str) -> tuple[str, str | None]:
-    """(folder, checkpoint_id) of a checkpoint given as a folder or as an id registered in `checkpoints`."""
-    if Path(checkpoint).is_dir():
+    """(folder or URL, checkpoint_id) of a checkpoint given as a folder, a storage URL or an id registered in
+    `checkpoints`."""
+    if _names_folder(checkpoint):
         return checkpoint, None  # the folder's own metadata names its id
     rows = con.execute("SELECT path FROM checkpoints WHERE checkpoint_id = ?", [checkpoint]).fetchall()
     if not rows:
         raise ValueError(f"checkpoint {checkpoint!r} is neither a folder nor a checkpoint_id in the checkpoints table")
     return rows[0][0], checkpoint
+
+
+def _names_folder(checkpoint: str) -> bool:
+    """Whether a checkpoint is given by its folder (a local one, or a URL on shared storage), not by its id."""
+    return "://" in checkpoint or Path(checkpoint).is_dir()
 
 
 def generate(con, policy, state_ids: list[str], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -140,6 +155,7 @@ def generate_dates(db_file, start: date | str, end: date | str, policy_config, c
     and the `generate_rollouts` flow). The database file is open only inside `hold_store()`: to resolve a
     checkpoint id, to read the states, and to point the view at root at the end; never while sampling. (Opened
     read-write even to read: DuckDB refuses a read-only connection to a file this process already holds.)"""
+    from hitchhiker import db
     from hitchhiker.policy import load_policy
 
     # bad input fails here, before a model is loaded
@@ -148,8 +164,8 @@ def generate_dates(db_file, start: date | str, end: date | str, policy_config, c
         raise ValueError(f"max_states must be >= 0, got {max_states}")
     if not db.db_path(db_file).is_file():
         raise db.StoreError(f"database {db.db_path(db_file)} does not exist (build states first, or pass --db)")
-    root = Path(root) if root else replay.default_root(db_file)
-    if policy_config.checkpoint and not Path(policy_config.checkpoint).is_dir():
+    root = root or replay.default_root(db_file)
+    if policy_config.checkpoint and not _names_folder(policy_config.checkpoint):
         with hold_store(), contextlib.closing(db.connect(db_file)) as con:
             path, checkpoint_id = resolve_checkpoint(con, policy_config.checkpoint)
         policy_config = dataclasses.replace(policy_config, checkpoint=path,
@@ -167,8 +183,8 @@ def generate_dates(db_file, start: date | str, end: date | str, policy_config, c
 
 
 def sample_states(policy, states: list[State], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Sample and write the groups of `states` missing under root (no database needed: workers can run this)."""
-    root = Path(root)
+    """Sample and write the groups of `states` missing under root, a folder or a storage URL (no database needed:
+    workers can run this)."""
     todo = [s for s in states if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))]
     sampler = _vllm_sampler(policy) if config.backend == "vllm" and todo else sample_token_groups
     started = time.perf_counter()
