@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_news, ingest_prices
 from flows.rewards import compute_rewards
-from flows.rollouts import generate_rollouts
+from flows.rollouts import generate_rollouts, point_replay_view, snapshot_states
 from flows.slots import store_slot
 from flows.states import build_states
 from flows.train import prepare_training, register_training, train_flow
@@ -129,9 +129,10 @@ def sampled_already(db_path: str, replay_root: str, day: str, mode: str) -> dict
 
 
 @task
-def train_on_pool(deployment: str, parameters: dict, job_variables: dict | None, timeout_s: float,
-                  idempotency_key: str) -> dict:
-    """Start the training deployment (GPU work pool) and wait up to timeout_s; never retried (it would train twice)."""
+def run_on_pool(deployment: str, parameters: dict, job_variables: dict | None, timeout_s: float,
+                idempotency_key: str) -> dict:
+    """Start a deployment (training or sampling on the GPU work pool) and wait up to timeout_s; never retried (the
+    idempotency key makes a re-run of the daily flow find the same deployment run)."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
@@ -149,9 +150,9 @@ def train_on_pool(deployment: str, parameters: dict, job_variables: dict | None,
     if state is not None and state.is_completed():
         return out | {"status": "completed"}
     if state is not None and state.is_final():
-        return out | {"status": "failed", "reason": f"training run {run.name} ended {state.name}: {state.message}"}
-    return out | {"status": "running", "reason": f"training run {run.name} still {out['state']} after {timeout_s:.0f} s; "
-                                                  "a later daily run evaluates its checkpoint"}
+        return out | {"status": "failed", "reason": f"{deployment} run {run.name} ended {state.name}: {state.message}"}
+    return out | {"status": "running", "reason": f"{deployment} run {run.name} still {out['state']} after {timeout_s:.0f} s; "
+                                                  "a later daily run picks up what it commits"}
 
 
 @task
@@ -228,6 +229,8 @@ def daily(
     model: str | None = None,
     group_size: int = 8,
     seed: int = 0,
+    sample_deployment: str | None = None,
+    sample_timeout_s: float = 3600,
     train: bool = True,
     min_new_groups: int = 64,
     train_deployment: str | None = "train/train",
@@ -271,6 +274,9 @@ def daily(
         # must not add a second group for the same decision.
         logger.info("%s: all %d states already have a group; nothing to sample", day, before["states"])
         out["rollouts"] = {"groups_written": 0, "groups_skipped": before["states"], "policy_version": None}
+    elif before["states"] and sample_deployment:
+        out["rollouts"] = _sample_off_host(db, storage, replay_root, day, checked["champion"], model, mode, group_size,
+                                           seed, sample_deployment, train_job_variables, sample_timeout_s)
     elif before["states"]:
         sampled = generate_rollouts(start=day, db=db, model=model, checkpoint=checked["champion"], group_size=group_size,
                                     mode=mode, seed=seed, replay_root=replay_root)
@@ -289,6 +295,24 @@ def daily(
     if out["train"]["status"] == "failed":  # after the gate ran: the day's other work is stored, the run shows red
         raise RuntimeError(out["train"]["reason"])
     return out
+
+
+def _sample_off_host(db: str, storage: str | None, replay_root: str, day: str, champion: str | None, model: str | None,
+                     mode: str, group_size: int, seed: int, deployment: str, job_variables: dict | None,
+                     timeout_s: float) -> dict:
+    """The day's states exported to storage as a snapshot, sampled by the deployment (gpu pool) into the replay under
+    the storage URL, the view pointed at it: the store is held only to export and to re-point."""
+    snap = snapshot_states(db, day, day, checkpoint=champion, model=model, mode=mode, storage=storage,
+                           replay_root=replay_root)
+    if snap["snapshot_url"] is None:
+        return {"groups_written": 0, "groups_skipped": snap["states_in_range"], "policy_version": snap["policy_version"]}
+    params = {"snapshot_url": snap["snapshot_url"], "replay_root": replay_root, "group_size": group_size, "seed": seed}
+    result = run_on_pool(deployment, params, job_variables, timeout_s, f"sample:{snap['snapshot_url']}:{replay_root}")
+    point_replay_view(db, replay_root)
+    if result["status"] != "completed":
+        raise RuntimeError(f"sampling {snap['snapshot_url']}: {result.get('reason') or result}")
+    return {"groups_written": snap["states"], "groups_skipped": snap["states_in_range"] - snap["states"],
+            "policy_version": snap["policy_version"], "snapshot_url": snap["snapshot_url"], "flow_run": result["flow_run"]}
 
 
 def _train_stage(db: str, storage: str | None, day: str, model: str | None, champion: str | None, fresh: dict, train: bool,
@@ -315,7 +339,7 @@ def _train_stage(db: str, storage: str | None, day: str, model: str | None, cham
     else:
         logger.info("training: %d new matured groups (%s..%s) -> deployment %s, batch %s", fresh["new_groups"],
                     fresh["first_date"], fresh["last_date"], deployment, prepared["batch_url"])
-        result = train_on_pool(deployment, params, job_variables, timeout_s, f"train:{run_url}")
+        result = run_on_pool(deployment, params, job_variables, timeout_s, f"train:{run_url}")
     # what the run committed, registered with its lineage (a run still going is registered by a later daily run)
     registered = register_training(db, run_url)[run_url]
     (logger.info if result["status"] == "completed" else logger.warning)("training: %s; registered %s",
