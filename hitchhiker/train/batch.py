@@ -79,7 +79,10 @@ def _commit(batches_root: str, name: str, table: pa.Table, meta: dict) -> str:
     with tempfile.TemporaryDirectory(prefix="hitchhiker-batch-") as work:
         pq.write_table(table, Path(work) / name)
         content = storage.sha256_file(Path(work) / name)
-        batch_id = hashlib.sha256(json.dumps([content, meta], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # the parent's URL is left out: the same batch is the same batch wherever the parent's files are stored, so a
+        # run on a local folder and one on a bucket train the same checkpoint ids
+        named = {k: v for k, v in meta.items() if k != "parent_url"}
+        batch_id = hashlib.sha256(json.dumps([content, named], sort_keys=True, default=str).encode()).hexdigest()[:16]
         url = storage.join(batches_root, batch_id)
         storage.commit_dir(work, url, {**meta, "batch_id": batch_id})
     return url

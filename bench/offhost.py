@@ -1,0 +1,146 @@
+"""How long a daily run with training holds the store, against how long its training runs on the gpu pool.
+
+The real thing on one machine: moto's S3 server on 127.0.0.1 as the bucket, the real Prefect server, the
+deployments of deployments/prefect.yaml, a process worker per pool. A backfill without training fills the replay
+(on S3) with several days of groups; then one daily run trains on all of them through the `train/train` deployment.
+Every hold of the store slot is logged (HITCHHIKER_SLOT_LOG); the train deployment's wall time comes from its flow
+run. Baseline (the design before this change): the training task held the slot for its whole run, so the slot time
+was at least the training time (ratio >= 1). While the training runs, a second daily run for another date (no
+training) is started: it must get through ingest, states, sampling and rewards before the training ends.
+
+    .venv/bin/python bench/offhost.py [--days 4] [--groups-per-step 2]
+Ends with: RESULT offhost ratio=<slot seconds of the daily run / train deployment seconds> target=<=0.1 PASS|FAIL
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+TARGET = 0.1
+DAYS = ["2016-03-01", "2016-03-02", "2016-03-03", "2016-03-04", "2016-03-07", "2016-03-08", "2016-03-09"]
+SMALL = {"style": "trend", "group_size": 8, "n_boot": 200, "retry_delay_s": 1}
+
+
+def _moto(env: dict) -> subprocess.Popen:
+    from prefect_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                           "AWS_ENDPOINT_URL")})
+    import s3fs
+
+    for _ in range(600):
+        try:
+            s3fs.S3FileSystem(skip_instance_cache=True).mkdir("bench")
+            return proc
+        except Exception:  # not listening yet
+            time.sleep(0.1)
+    raise RuntimeError("moto_server did not start")
+
+
+def _slot_seconds(log: Path, start: float, end: float) -> tuple[float, float]:
+    """Seconds the slot was held inside [start, end], and how many holds."""
+    held, n = 0.0, 0
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        h = json.loads(line)
+        overlap = min(h["end"], end) - max(h["start"], start)
+        if overlap > 0:
+            held, n = held + overlap, n + 1
+    return held, n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--days", type=int, default=4, help="days of groups the training run trains on")
+    ap.add_argument("--groups-per-step", type=int, default=2)
+    args = ap.parse_args()
+    from prefect_server import HITCHHIKER, PREFECT, prefect_server, process_worker
+    from test_flows_daily import PRICES
+    from test_server import start, wait_final
+
+    work = Path(tempfile.mkdtemp(prefix="hitchhiker-bench-offhost-"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env: dict = {}
+    moto = _moto(env)
+    try:
+        with prefect_server(work / "server") as server_env:
+            env = dict(server_env, **env, HITCHHIKER_PROJECT_DIR=str(ROOT), PREFECT_WORKER_QUERY_SECONDS="2",
+                       HITCHHIKER_SLOT_LOG=str(work / "slot.jsonl"))
+            for cmd in ([HITCHHIKER, "prefect-setup"],
+                        [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"]):
+                done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                if done.returncode:
+                    raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with process_worker(env, "cpu", work, work / "worker-cpu.log"), \
+                    process_worker(env, "gpu", work, work / "worker-gpu.log"), \
+                    temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+                return _measure(args, work, start, wait_final, PRICES)
+    finally:
+        moto.terminate()
+
+
+def _measure(args, work: Path, start, wait_final, prices: str) -> int:
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    db, storage = str(work / "store" / "hitchhiker.duckdb"), "s3://bench/hitchhiker"
+    first, train_day, other_day = DAYS[0], DAYS[args.days], DAYS[args.days + 1]
+    fill = start("backfill/backfill", {"start": first, "end": DAYS[args.days - 1], "db": db, "storage": storage,
+                                       "prices_csv": prices, "options": {**SMALL, "train": False}})
+    (fill,) = wait_final([fill.id], work, timeout_s=3600)
+    assert fill.state.is_completed(), fill.state.message
+    daily = start("daily/daily", {"date": train_day, "db": db, "storage": storage, "prices_csv": prices, **SMALL,
+                                  "min_new_groups": 1, "train_timeout_s": 3600,
+                                  "train_config": {"groups_per_step": args.groups_per_step,
+                                                   "groups_per_micro_batch": args.groups_per_step}})
+    with get_client(sync_client=True) as client:  # the second daily run starts once the training is running
+        while True:
+            trains = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"])))
+            if trains and trains[0].state is not None and trains[0].state.is_running():
+                break
+            if client.read_flow_run(daily.id).state.is_final():
+                raise RuntimeError(f"the daily run ended before training started: {client.read_flow_run(daily.id).state}")
+            time.sleep(1)
+    other = start("daily/daily", {"date": other_day, "db": db, "storage": storage, "prices_csv": prices, **SMALL,
+                                  "train": False})
+    daily, other = wait_final([daily.id, other.id], work, timeout_s=7200)
+    assert daily.state.is_completed() and other.state.is_completed(), (daily.state.message, other.state.message)
+    with get_client(sync_client=True) as client:
+        (train,) = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"])))
+    train_s = (train.end_time - train.start_time).total_seconds()
+    t0, t1 = daily.start_time.timestamp(), daily.end_time.timestamp()
+    slot_all, holds_all = _slot_seconds(work / "slot.jsonl", t0, t1)
+    during, _ = _slot_seconds(work / "slot.jsonl", train.start_time.timestamp(), train.end_time.timestamp())
+    other_done_first = other.end_time < train.end_time
+    print(f"train deployment run: {train_s:.1f} s on the gpu pool ({train.name})")
+    print(f"daily run {train_day}: {(t1 - t0):.1f} s wall, store slot held {slot_all:.1f} s in {holds_all} holds "
+          f"(of which {during:.1f} s while the training ran, by any run)")
+    print(f"second daily run {other_day} (no training), started once training was running: "
+          f"{(other.end_time - other.start_time).total_seconds():.1f} s, finished "
+          f"{'before' if other_done_first else 'after'} the training")
+    print(f"baseline (training held the slot for its whole run): slot >= {slot_all + train_s:.1f} s, ratio >= "
+          f"{(slot_all + train_s) / train_s:.2f}")
+    ratio = slot_all / train_s
+    ok = ratio <= TARGET and other_done_first
+    print(f"RESULT offhost ratio={ratio:.3f} target=<={TARGET} {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
