@@ -10,8 +10,10 @@ idempotent, so re-running a date changes nothing: prices and news are upserts, s
 by content hashes, rewards are an anti-join, training starts only for groups no checkpoint has used, and the gate
 decides each candidate once. Writers take the store slot (flows/slots.py), so concurrent runs queue.
 
-Training runs as the `train/train` deployment (gpu work pool) through `run_deployment`, waited on with a timeout;
-a run that outlives the timeout keeps going and its checkpoint is evaluated by a later daily run. The candidate is
+Training runs as the `train/train` deployment (gpu work pool) through `run_deployment` with a training batch that
+this flow wrote to storage (the store slot is held for seconds, not for the training), waited on with a timeout; a
+run that outlives the timeout keeps going, and a later daily run registers and evaluates its checkpoints. With a
+`storage` URL (s3://...) the gpu machine needs nothing but the bucket; `sample_deployment` samples there too. The candidate is
 gated on the first `eval_days` decision dates after the exit of every reward it (or the champion) trained on,
 once their own rewards have matured: in live use, days after the training.
 """
