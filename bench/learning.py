@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hitchhiker import db  # noqa: E402
 from hitchhiker.loop import run_loop, synthetic_setup  # noqa: E402
-from hitchhiker.policy import default_model_path  # noqa: E402
+from hitchhiker.default_model import default_model_path  # noqa: E402
 from hitchhiker.synthetic import SyntheticMarket  # noqa: E402
 
 TARGET = 0.8

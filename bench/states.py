@@ -205,7 +205,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a tenth of the dates, one round (a smoke run)")
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
-    from hitchhiker.policy import build_tokenizer
+    from hitchhiker.default_model import build_tokenizer
 
     tok = build_tokenizer(states.example_prompts(2000))
     con = db.connect(":memory:")

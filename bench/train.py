@@ -43,7 +43,8 @@ def _prompts(work: Path) -> list[list[dict]]:
 def run_hitchhiker(work: Path, steps: int, share_prompts: bool = True) -> dict:
     import torch
 
-    from hitchhiker.policy import default_model_path, load_tokenizer
+    from hitchhiker.default_model import default_model_path
+    from hitchhiker.policy import load_tokenizer
     from hitchhiker.train.config import GRPOConfig
     from hitchhiker.train.data import Group, Rollout
     from hitchhiker.batches import train_grpo
@@ -74,7 +75,8 @@ def run_trl(work: Path, steps: int) -> dict:
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from hitchhiker.policy import default_model_path, load_tokenizer
+    from hitchhiker.default_model import default_model_path
+    from hitchhiker.policy import load_tokenizer
 
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     path = default_model_path()
@@ -122,7 +124,7 @@ def main() -> int:
         out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("JSON " + json.dumps(out))
         return 0
-    from hitchhiker.policy import default_model_path
+    from hitchhiker.default_model import default_model_path
 
     default_model_path()
     results = {}

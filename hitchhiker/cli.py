@@ -167,6 +167,7 @@ def _add_states(sub, parent) -> None:
 
 def _cmd_states_build(args) -> int:
     from hitchhiker import db, states
+    from hitchhiker.policy import load_tokenizer
 
     if args.start and not args.end:
         raise ValueError("--start needs --end (YYYY-MM-DD)")
@@ -174,6 +175,7 @@ def _cmd_states_build(args) -> int:
         "action_format", "history_days", "trend_days", "max_headlines", "horizon_days", "max_pairs_per_date",
         "max_prompt_tokens", "seed", "cutoff", "tokenizer") if getattr(args, k) is not None}
     config = states.StatesConfig(mode=args.mode, style=args.style, anonymize=not args.no_anonymize, **given)
+    tokenizer = load_tokenizer(config.tokenizer)  # before the store is opened: the default model may be built first
     con = db.connect(args.db)
     try:
         first, last = (args.date, args.date) if args.date else (args.start, args.end)
@@ -181,7 +183,7 @@ def _cmd_states_build(args) -> int:
         if not days:
             raise ValueError(f"no trading day between {first} and {last} in the prices table of {db.db_path(args.db)}")
         before = con.execute("SELECT count(*) FROM states").fetchone()[0]
-        ids = states.build_states(con, config, days, args.tickers)
+        ids = states.build_states(con, config, days, args.tickers, tokenizer=tokenizer)
         new = con.execute("SELECT count(*) FROM states").fetchone()[0] - before
         tokens = con.execute("SELECT max(prompt_tokens) FROM states WHERE list_contains(?, state_id)", [ids]).fetchone()[0]
     finally:

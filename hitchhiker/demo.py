@@ -123,7 +123,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
 def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> DemoResult:
     from hitchhiker import demo_data, evaluate, news, prices, report, states
     from hitchhiker.loop import LoopConfig, run_loop
-    from hitchhiker.policy import default_model_cached, default_model_path
+    from hitchhiker.default_model import default_model_cached, default_model_path
 
     seconds: dict[str, float] = {}
     t = time.perf_counter()

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hitchhiker import rollouts, storage
-from hitchhiker.policy import BUILDER_VERSION, CHECKPOINT_META, DEFAULT_MODEL_NAME, PolicyConfig, load_policy
+from hitchhiker.default_model import BUILDER_VERSION, DEFAULT_MODEL_NAME
+from hitchhiker.policy import CHECKPOINT_META, PolicyConfig, load_policy
 from hitchhiker.rollouts import SamplingConfig, State
 
 KIND = "state-snapshot"

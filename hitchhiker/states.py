@@ -47,7 +47,9 @@ class StatesConfig:
     max_prompt_tokens: int = 1024
     cutoff: str = "16:00"  # decision time, local exchange time, on T
     exchange_tz: str = "America/New_York"
-    tokenizer: str | None = None  # name or path for hitchhiker.policy.load_tokenizer; None: the default small model
+    # The tokenizer that counts prompt tokens, by name or path, for the caller to load and hand to build_states
+    # (hitchhiker.policy.load_tokenizer); None: the default small model's.
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in contract.MODES:
@@ -104,20 +106,21 @@ def build_states(
     config: StatesConfig = StatesConfig(),
     dates: Sequence[date | str] = (),
     tickers: Sequence[str] | None = None,
-    tokenizer=None,
+    *,
+    tokenizer,
 ) -> list[str]:
     """Build and store the states of the given dates (non-trading dates are skipped); returns their state_ids.
 
     Idempotent: rebuilding a date with the same data and config returns the same ids and inserts nothing.
-    tickers: the universe (default: every ticker in `prices`). tokenizer: counts prompt tokens (default:
-    `hitchhiker.policy.load_tokenizer(config.tokenizer)`).
+    tickers: the universe (default: every ticker in `prices`). tokenizer: any Hugging Face tokenizer with a chat
+    template (the policy's: e.g. `hitchhiker.policy.load_tokenizer(config.tokenizer)`); it counts each prompt's
+    tokens as the sampler will feed them, which is what the `max_prompt_tokens` budget is measured in.
     """
     wanted = sorted({as_date(d) for d in dates})
     if not wanted:
         return []
-    tok = tokenizer if tokenizer is not None else _load_tokenizer(config.tokenizer)
-    if not getattr(tok, "chat_template", None):
-        raise ValueError(f"tokenizer {getattr(tok, 'name_or_path', tok)!r} has no chat template; prompt_tokens counts the chat-templated prompt")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template; prompt_tokens counts the chat-templated prompt")
     days = [r[0] for r in con.execute(
         "SELECT DISTINCT date FROM prices WHERE date IN (SELECT unnest(?::DATE[])) ORDER BY date", [wanted]
     ).fetchall()]
@@ -130,7 +133,7 @@ def build_states(
         raise ValueError("tickers is empty")
 
     drafts = _drafts(con, config, days, tickers)
-    rows = _fit_and_hash(drafts, config, _TokenCounter(tok))
+    rows = _fit_and_hash(drafts, config, _TokenCounter(tokenizer))
     _insert(con, rows)
     return [r["state_id"] for r in rows]
 
@@ -525,12 +528,6 @@ def _insert(con, rows: list[dict]) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
-
-def _load_tokenizer(name: str | None):
-    from hitchhiker.policy import load_tokenizer  # lazy: transformers is slow to import
-
-    return load_tokenizer(name)
-
 
 def _no_minus_zero(x):
     # SQL rounds -0.004 to -0.0, which would render as "-0.00"; adding 0.0 turns -0.0 into 0.0

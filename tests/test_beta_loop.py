@@ -18,7 +18,7 @@ BUDGET_S = 120  # the acceptance: well above the random baseline within 2 minute
 
 @pytest.mark.slow
 def test_beta_head_beats_random_on_held_out_dates_within_two_minutes(tmp_path):
-    from hitchhiker.policy import default_model_path
+    from hitchhiker.default_model import default_model_path
 
     default_model_path()  # the tokenizer that counts prompt tokens, built (once, cached) before the clock starts
     con = db.connect(tmp_path / "beta.duckdb")

@@ -18,7 +18,7 @@ import pytest
 
 from hitchhiker import db
 from hitchhiker.demo import MANIFEST, DemoConfig, paths, start_clean
-from hitchhiker.policy import BUILDER_VERSION
+from hitchhiker.default_model import BUILDER_VERSION
 
 HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
 BUDGET_S = 300  # the acceptance: under 5 minutes on 2 cores, model build included

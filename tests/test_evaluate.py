@@ -274,15 +274,15 @@ def test_greedy_decisions_are_deterministic_and_independent_of_batching(store):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hitchhiker import contract, policy
+    from hitchhiker import contract, default_model, policy
 
     _insert_states(store, date(2016, 8, 1), date(2016, 8, 5))
     # prompts of different lengths, so that batching really pads
     store.execute("UPDATE states SET messages = json_array(json_object('role', 'user', 'content', "
                   "repeat('Stock A trend : UP . ', 1 + CAST(right(state_id, 1) = 'V' AS INT) * 3) || 'Which stock , A or B ?'))")
     states = evaluate.load_states(store, "2016-08-01", "2016-08-05", "pairwise")
-    tok = policy.build_tokenizer(["Stock A trend : UP . Stock B trend : DOWN . Which stock , A or B ?",
-                                  "ACTION : A", "ACTION : B", "buy hold sell"] * 3)
+    tok = default_model.build_tokenizer(["Stock A trend : UP . Stock B trend : DOWN . Which stock , A or B ?",
+                                         "ACTION : A", "ACTION : B", "buy hold sell"] * 3)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2, eos_token_id=tok.eos_token_id,
@@ -324,11 +324,11 @@ def test_a_policy_that_reads_the_trend_beats_random_and_base_on_the_learnable_ma
     promotes it. (The trained GRPO checkpoint is scored by the same code from the training loop.)"""
     import re
 
-    from hitchhiker import policy, states
+    from hitchhiker import default_model, states
 
     con = db.connect(db_file)
     days = _synthetic_market(con)
-    tok = policy.build_tokenizer(["Stock A trend : UP . Stock B trend : DOWN . FLAT", "ACTION : A B"])
+    tok = default_model.build_tokenizer(["Stock A trend : UP . Stock B trend : DOWN . FLAT", "ACTION : A B"])
     window = days[60:120]
     states.build_states(con, states.StatesConfig(style="trend", max_pairs_per_date=6), window, tokenizer=tok)
     con.execute("INSERT INTO checkpoints (checkpoint_id, parent_id, run_id, base_model, path, algorithm, finetune, step, "

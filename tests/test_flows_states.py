@@ -12,7 +12,7 @@ def test_build_states_flow_writes_states_and_a_prompt_artifact(prefect_harness, 
 
     from flows.states import build_states
     from hitchhiker import db, states
-    from hitchhiker.policy import build_tokenizer
+    from hitchhiker.default_model import build_tokenizer
 
     build_tokenizer(states.example_prompts(300)).save_pretrained(tmp_path / "tok")
     path = tmp_path / "flow.duckdb"

@@ -39,7 +39,7 @@ def _beats_random_and_base(con, cfg, res, tmp_path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_grpo_loop_learns(tmp_path):
-    from hitchhiker.policy import default_model_path
+    from hitchhiker.default_model import default_model_path
 
     default_model_path()  # built (once, cached) before the clock starts: the budget is for learning
     outcomes = []

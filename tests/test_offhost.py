@@ -58,7 +58,7 @@ def _traversable_by_others(*paths: Path):
 def _gpu_box() -> Path:
     """A home for the gpu worker that `nobody` owns, outside the tests' root-only temp folders, holding a copy of
     the default small model's cache (as the GPU machine would have built it)."""
-    from hitchhiker.policy import default_model_path, hitchhiker_home
+    from hitchhiker.default_model import default_model_path, hitchhiker_home
 
     model = default_model_path()  # built here first when the cache is empty
     box = Path(tempfile.mkdtemp(prefix="hitchhiker-gpu-box-"))

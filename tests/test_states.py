@@ -27,8 +27,8 @@ HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
 
 @pytest.fixture(scope="module")
 def tok():
-    """The default small model's tokenizer recipe (hitchhiker.policy), trained on example prompts: no model build."""
-    from hitchhiker.policy import build_tokenizer
+    """The default small model's tokenizer recipe (hitchhiker.default_model), trained on example prompts: no model build."""
+    from hitchhiker.default_model import build_tokenizer
 
     return build_tokenizer(states.example_prompts(300))
 

@@ -16,7 +16,7 @@ def tiny_model_dir(path: Path, seed: int = 0) -> Path:
     """A 2-layer Llama (width 32) and a word-level tokenizer saved as a model folder (seconds, offline)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from hitchhiker.policy import build_tokenizer
+    from hitchhiker.default_model import build_tokenizer
 
     path = Path(path)
     if (path / "config.json").is_file():

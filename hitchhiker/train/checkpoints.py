@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from hitchhiker import storage
-from hitchhiker.policy import CHECKPOINT_META, DEFAULT_MODEL_NAME, BUILDER_VERSION, default_model_path
+from hitchhiker.default_model import BUILDER_VERSION, DEFAULT_MODEL_NAME, default_model_path
+from hitchhiker.policy import CHECKPOINT_META
 
 TRAINER_STATE = "trainer_state.pt"
 DEFAULT_BASE = f"{DEFAULT_MODEL_NAME}@{BUILDER_VERSION}"
