@@ -1,6 +1,6 @@
 """Flow `loop`: the learning loop (states -> rollouts -> rewards -> GRPO -> checkpoint -> held-out accuracy).
 
-A thin wrapper over hitchhiker.loop (policy 'beta-head': hitchhiker.beta_loop): one task runs the iterations under
+A thin wrapper over hitchhiker.loop (policy 'beta-head': hitchhiker.beta.loop): one task runs the iterations under
 the store slot (each iteration reads and writes the store); artifacts: the held-out accuracy (Beta head: mean
 reward) per evaluation (table) and a progress artifact.
 """
@@ -49,10 +49,11 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
 
 
 def _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, out_dir, progress) -> dict:
-    """The Beta position head's loop (hitchhiker.beta_loop) on the same store, replay and registry."""
+    """The Beta position head's loop (hitchhiker.beta.loop) on the same store, replay and registry."""
     from pathlib import Path
 
-    from hitchhiker import beta_loop, db
+    from hitchhiker import db
+    from hitchhiker.beta import loop as beta_loop
     from hitchhiker.replay import default_root
     from hitchhiker.states import trading_days
     from hitchhiker.synthetic import SyntheticMarket

@@ -430,7 +430,8 @@ def _cmd_loop(args) -> int:
 def _cmd_loop_beta(args) -> int:
     from pathlib import Path
 
-    from hitchhiker import beta_loop, db
+    from hitchhiker import db
+    from hitchhiker.beta import loop as beta_loop
     from hitchhiker.states import trading_days
     from hitchhiker.synthetic import SyntheticMarket
 

@@ -178,7 +178,7 @@ def _load_candidate(con, candidate: str, config: EvalConfig):
     if row is None:
         raise ValueError(f"checkpoint {candidate!r} is not in the checkpoints table")
     if row[1] == "beta-head":  # a position head, not a language model: it decides by its mean position
-        from hitchhiker.beta_rollouts import checkpoint_decider
+        from hitchhiker.beta.rollouts import checkpoint_decider
 
         return "checkpoint", checkpoint_decider(con, row[0])
     return "checkpoint", load_policy(PolicyConfig(model=config.model, checkpoint=row[0], checkpoint_id=candidate,

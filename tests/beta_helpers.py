@@ -6,7 +6,7 @@ from hitchhiker import db
 
 def synthetic_store(path, n_days: int = 60, n_couples: int = 2, seed: int = 0):
     """(connection, elementwise state ids in date order, market) on a fresh store at `path`."""
-    from hitchhiker.beta_loop import _default_states
+    from hitchhiker.beta.loop import _default_states
     from hitchhiker.policy import load_tokenizer
     from hitchhiker.states import build_states
     from hitchhiker.synthetic import SyntheticMarket, trading_days, write_market

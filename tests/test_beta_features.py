@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hitchhiker import beta_features
-from hitchhiker.beta_features import FeatureSpec, feature_matrix, flatten, infer_spec, load_inputs
+from hitchhiker.beta import features as beta_features
+from hitchhiker.beta.features import FeatureSpec, feature_matrix, flatten, infer_spec, load_inputs
 
 from beta_helpers import synthetic_store
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Beta
 
-from hitchhiker.beta_head import BetaHead, BetaHeadConfig, policy_loss, sample_positions
+from hitchhiker.beta.head import BetaHead, BetaHeadConfig, policy_loss, sample_positions
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +83,7 @@ def test_scaling_keeps_constant_features_finite():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    from hitchhiker.beta_head import load_head, save_head
+    from hitchhiker.beta.head import load_head, save_head
 
     head = _head()
     head.fit_scaling(torch.randn(10, 3))
@@ -100,7 +100,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_train_head_learns_and_early_stopping_never_returns_a_worse_head():
-    from hitchhiker.beta_head import train_head
+    from hitchhiker.beta.head import train_head
 
     torch.manual_seed(0)
     x = torch.randn(2048, 3)

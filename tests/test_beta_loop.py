@@ -10,7 +10,7 @@ import time
 import pytest
 
 from hitchhiker import db, replay
-from hitchhiker.beta_loop import run_beta_loop, synthetic_setup
+from hitchhiker.beta.loop import run_beta_loop, synthetic_setup
 from hitchhiker.synthetic import SyntheticMarket
 
 BUDGET_S = 120  # the acceptance: well above the random baseline within 2 minutes on CPU

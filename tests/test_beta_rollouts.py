@@ -8,10 +8,10 @@ import torch
 from torch.distributions import Beta
 
 from hitchhiker import contract, replay
-from hitchhiker.beta_features import feature_matrix, infer_spec
-from hitchhiker.beta_head import BetaHead, load_head, save_head
-from hitchhiker.beta_loop import Pricing
-from hitchhiker.beta_rollouts import checkpoint_decider, mean_position_decisions, sample_groups, training_rows
+from hitchhiker.beta.features import feature_matrix, infer_spec
+from hitchhiker.beta.head import BetaHead, load_head, save_head
+from hitchhiker.beta.loop import Pricing
+from hitchhiker.beta.rollouts import checkpoint_decider, mean_position_decisions, sample_groups, training_rows
 from hitchhiker.rewards import RewardSpec, compute_rewards
 
 from beta_helpers import synthetic_store
@@ -60,7 +60,7 @@ def test_stored_log_density_is_beta_log_prob_of_half_the_position(sampled):
     con, _, _, path, _, _ = sampled
     rows = _replay(con)
     head, meta = load_head(path)  # the checkpoint from disk, not the object that sampled
-    from hitchhiker.beta_features import FeatureSpec
+    from hitchhiker.beta.features import FeatureSpec
 
     spec = FeatureSpec.from_json(meta["features"])
     x = feature_matrix(con, spec, list(rows["state_id"]))

@@ -1,4 +1,4 @@
--- The Beta(alpha, beta) position head (hitchhiker/beta_head.py) joins the checkpoint registry, and the frozen-LM
+-- The Beta(alpha, beta) position head (hitchhiker/beta/head.py) joins the checkpoint registry, and the frozen-LM
 -- embeddings it may read are cached per state.
 --
 -- checkpoints.algorithm gains 'beta-head'. DuckDB cannot alter a CHECK constraint in place, so the table is copied

@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 
 from hitchhiker import baselines, contract
-from hitchhiker.beta_features import FeatureSpec, feature_matrix, infer_spec, load_inputs
-from hitchhiker.beta_head import HEAD_VERSION, BetaHead, BetaHeadConfig, load_head, save_head, train_head
+from hitchhiker.beta.features import FeatureSpec, feature_matrix, infer_spec, load_inputs
+from hitchhiker.beta.head import HEAD_VERSION, BetaHead, BetaHeadConfig, load_head, save_head, train_head
 from hitchhiker.rewards import RewardSpec
 from hitchhiker.states import StatesConfig
 
@@ -83,7 +83,7 @@ def synthetic_setup(con: duckdb.DuckDBPyConnection, market=None, eval_dates: int
 def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_dir: str | Path, replay_root: str | Path,
                   on_iteration: Callable[[dict], None] | None = None) -> BetaLoopResult:
     """Run the loop; evaluations (iteration 0 = the untrained head) are returned and passed to on_iteration."""
-    from hitchhiker.beta_rollouts import sample_groups, training_rows
+    from hitchhiker.beta.rollouts import sample_groups, training_rows
     from hitchhiker.loop import check_held_out_dates
     from hitchhiker.policy import load_tokenizer
     from hitchhiker.rewards import compute_rewards
@@ -268,7 +268,7 @@ def _checkpoint(con, run_dir: Path, run_id: str, iteration: int, head: BetaHead,
 def _final_evaluation(con, config: BetaLoopConfig, checkpoint_id: str, run_dir: Path) -> str:
     """The evaluation stage on the held-out window: the head's mean positions beside the baselines, stored."""
     from hitchhiker import evaluate
-    from hitchhiker.beta_rollouts import checkpoint_decider
+    from hitchhiker.beta.rollouts import checkpoint_decider
 
     cfg = evaluate.EvalConfig(mode=contract.ELEMENTWISE, style=config.states.style, n_boot=config.n_boot,
                               seed=config.seed, include_base_model=config.compare_base_model)

@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 
 from hitchhiker import contract, db, replay
-from hitchhiker.beta_features import FeatureSpec, feature_matrix, load_inputs
-from hitchhiker.beta_head import BetaHead, load_head, sample_positions
+from hitchhiker.beta.features import FeatureSpec, feature_matrix, load_inputs
+from hitchhiker.beta.head import BetaHead, load_head, sample_positions
 from hitchhiker.rollouts import group_generator, group_id
 
 ACTION_STEP = 0.25  # evaluation's action label: the mean position rounded to this (a readable action mix)
