@@ -219,10 +219,16 @@ def _iteration_states(con, config: LoopConfig, iteration: int, per_date: int | N
     if per_date is None:  # states per date: measured on the first training date
         per_date = max(len(_build(con, config, config.train_dates[:1])), 1)
     dates_per_iteration = max(1, -(-config.states_per_iteration // per_date))
-    dates = sorted(config.train_dates)
-    start = ((iteration - 1) * dates_per_iteration) % len(dates)
-    chosen = [dates[(start + k) % len(dates)] for k in range(dates_per_iteration)]
+    chosen = training_slice(config.train_dates, dates_per_iteration, iteration)
     return _build(con, config, chosen)[: config.states_per_iteration], per_date
+
+
+def training_slice(dates: list[date], n: int, iteration: int) -> list[date]:
+    """The iteration's training dates: the next n of the sorted dates, cycling when they run out (the LLM loop's
+    and the Beta head's)."""
+    dates = sorted(dates)
+    start = ((iteration - 1) * n) % len(dates)
+    return [dates[(start + k) % len(dates)] for k in range(min(n, len(dates)))]
 
 
 def synthetic_setup(con, market=None, eval_dates: int = 60, gap_days: int = 3, **overrides) -> LoopConfig:

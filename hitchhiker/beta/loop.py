@@ -84,7 +84,7 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
                   on_iteration: Callable[[dict], None] | None = None) -> BetaLoopResult:
     """Run the loop; evaluations (iteration 0 = the untrained head) are returned and passed to on_iteration."""
     from hitchhiker.beta.rollouts import sample_groups, training_rows
-    from hitchhiker.loop import check_held_out_dates
+    from hitchhiker.loop import check_held_out_dates, training_slice
     from hitchhiker.policy import load_tokenizer
     from hitchhiker.rewards import compute_rewards
     from hitchhiker.states import build_states
@@ -107,7 +107,7 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
 
         def iteration_ids(it: int) -> list[str]:
             """Training states are built slice by slice, as the iterations reach them (a short run builds few)."""
-            return build(_slice(train_dates, dates_per_iteration, it))[:config.states_per_iteration]
+            return build(training_slice(train_dates, dates_per_iteration, it))[:config.states_per_iteration]
 
         first = iteration_ids(1)
         spec = infer_spec(con, first, config.embedding_model)
@@ -228,12 +228,6 @@ def _ordered(con, ids: list[str]) -> list[str]:
     rows = con.execute("SELECT state_id FROM states WHERE state_id IN (SELECT unnest(?::VARCHAR[])) "
                        "ORDER BY decision_date, pair, state_id", [ids]).fetchall()
     return [r[0] for r in rows]
-
-
-def _slice(dates: list[date], n: int, iteration: int) -> list[date]:
-    """The iteration's training dates: the next n, cycling when the dates run out."""
-    start = ((iteration - 1) * n) % len(dates)
-    return [dates[(start + k) % len(dates)] for k in range(min(n, len(dates)))]
 
 
 def _run_id(config: BetaLoopConfig, spec: FeatureSpec, train_dates, val_dates) -> str:
