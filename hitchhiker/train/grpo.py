@@ -5,11 +5,13 @@ log-probs and SQL advantages, and the config), written by the orchestrator to sh
 plan in order; every checkpoint, committed under the run URL, records how far it got, so a run killed at any point
 resumes from its last committed checkpoint and ends having trained on exactly the batch's groups, each once.
 Nothing here opens the store: the orchestrator registers the checkpoints (hitchhiker/registry.py). Multi-GPU: the
-same code under `accelerate launch` (each process takes its share of every step's groups; only the main process
-writes checkpoints).
+same code under `accelerate launch` / `torchrun` (each process takes its share of every step's micro-batches, and
+ends with the weights one process would reach: see _optimizer_step; only the main process writes checkpoints):
+`accelerate launch --num_processes N -m hitchhiker.train.grpo BATCH_URL RUN_URL`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -89,7 +91,10 @@ def train_batch(
         optimizer.load_state_dict(torch.load(start_from / ckpts.TRAINER_STATE, weights_only=False)["optimizer"])
         for g in optimizer.param_groups:  # this run's learning rate, not the parent's last scheduled one
             g["lr"] = g["initial_lr"] = config.learning_rate
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler is not prepared: accelerate's prepared scheduler steps num_processes times per optimizer step
+    # (it assumes each process's data loader shrank by that factor), while a step here is the whole batch's step on
+    # any number of processes; stepped once, the learning rate follows the same schedule as on one process.
+    model, optimizer = accelerator.prepare(model, optimizer)
     if ref_model is not None:
         ref_model.to(accelerator.device)
     model.train()
@@ -102,8 +107,7 @@ def train_batch(
     while step < n_steps_total:
         t0 = time.perf_counter()
         step_groups = plan_groups_[step * config.groups_per_step:(step + 1) * config.groups_per_step]
-        mine = step_groups[accelerator.process_index::accelerator.num_processes]
-        m = _optimizer_step(model, ref_model, optimizer, scheduler, accelerator, mine, config, pad_id, max_len)
+        m = _optimizer_step(model, ref_model, optimizer, scheduler, accelerator, step_groups, config, pad_id, max_len)
         step += 1
         m.update(_group_metrics(step_groups), step=step, seconds=time.perf_counter() - t0, lr=scheduler.get_last_lr()[0])
         metrics_since_save.append(m)
@@ -152,32 +156,47 @@ def _accelerator(use_bf16: bool):
 
 def _optimizer_step(model, ref_model, optimizer, scheduler, accelerator, groups: list[Group], config: GRPOConfig,
                     pad_id: int, max_len: int) -> dict:
-    """One optimizer step over these groups, in micro-batches of groups_per_micro_batch groups."""
+    """One optimizer step over the step's groups, in micro-batches of groups_per_micro_batch groups; under several
+    processes (accelerate launch) each process takes every num_processes-th micro-batch of the step.
+
+    Several processes give the gradient one process gives (up to float summation order), for every loss_type:
+    grpo_loss normalises a micro-batch as its share of the whole step (divided by the step's number of micro-batches,
+    or for dapo by the step's completion tokens, both counted over the step, not over this process's share), so the
+    step's gradient is the SUM over its micro-batches; DDP AVERAGES the processes' gradients, so each process scales
+    its loss by num_processes. Micro-batches are cut from the whole step before they are shared out, so each one
+    (and bnpo's per-micro-batch token mean) holds the same rollouts whatever the process count. A process with no
+    micro-batch (a step with fewer of them than processes) still joins the gradient all-reduce, with a zero loss;
+    gradients are all-reduced once, on each process's last backward (no_sync before), so processes with more
+    micro-batches than others do not wait on each other.
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
     micro = [groups[i:i + config.groups_per_micro_batch] for i in range(0, len(groups), config.groups_per_micro_batch)]
     accumulation = max(len(micro), 1)
     tokens_in_step = float(sum(len(r.completion_ids) for g in groups for r in g.rollouts))
-    totals: dict[str, float] = {"loss": 0.0, "clip_fraction": 0.0, "kl": 0.0, "is_weight_mean": 0.0}
-    token_count = 0.0
-    for chunk in micro:
+    work = [(chunk, float(world)) for chunk in micro[rank::world]] or [(micro[0], 0.0)]
+    totals = torch.zeros(5, dtype=torch.float64)  # loss, clip_fraction * tokens, kl * tokens, is_weight * tokens, tokens
+    for i, (chunk, scale) in enumerate(work):
         batch = collate([r for g in chunk for r in g.rollouts], pad_id, accelerator.device, share_prompts=config.share_prompts)
         logps_fn = per_token_logps_shared_prompt if config.share_prompts else per_token_logps
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16 and accelerator.device.type == "cuda"):
-            logps = logps_fn(model, batch)
-            ref = _reference_logps(model, ref_model, batch, accelerator, logps_fn) if config.beta != 0.0 else None
-            loss, m = grpo_loss(logps, batch, config, ref_logps=ref, accumulation_steps=accumulation,
-                                tokens_in_step=tokens_in_step, max_completion_length=max_len)
-        accelerator.backward(loss)
-        totals["loss"] += float(loss.detach())
-        for k in ("clip_fraction", "kl", "is_weight_mean"):
-            totals[k] += m[k] * m["tokens"]
-        token_count += m["tokens"]
+        with accelerator.no_sync(model) if i < len(work) - 1 else contextlib.nullcontext():
+            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=config.bf16 and accelerator.device.type == "cuda"):
+                logps = logps_fn(model, batch)
+                ref = _reference_logps(model, ref_model, batch, accelerator, logps_fn) if config.beta != 0.0 else None
+                loss, m = grpo_loss(logps, batch, config, ref_logps=ref, accumulation_steps=accumulation,
+                                    tokens_in_step=tokens_in_step, max_completion_length=max_len)
+            accelerator.backward(loss * scale)  # x * 1.0 == x: one process computes what it did before
+        if scale:
+            totals += torch.tensor([float(loss.detach()), m["clip_fraction"] * m["tokens"], m["kl"] * m["tokens"],
+                                    m["is_weight_mean"] * m["tokens"], m["tokens"]], dtype=torch.float64)
+    if world > 1:  # the step's metrics, every process's micro-batches together
+        totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm) if config.max_grad_norm else None
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {"loss": totals["loss"]}
-    for k in ("clip_fraction", "kl", "is_weight_mean"):
-        out[k] = totals[k] / max(token_count, 1.0)
+    out = {"loss": float(totals[0])}
+    for k, total in zip(("clip_fraction", "kl", "is_weight_mean"), totals[1:4]):
+        out[k] = float(total) / max(float(totals[4]), 1.0)
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
     return out
@@ -249,3 +268,32 @@ def _summary(metrics: list[dict]) -> dict:
 def plan_config(config: GRPOConfig) -> dict:
     """The config fields that change what a run computes, as the batch records them."""
     return json.loads(json.dumps(asdict(config)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m hitchhiker.train.grpo BATCH_URL RUN_URL`, or the same under `accelerate launch -m` / `torchrun -m`
+    on several GPUs or nodes (each process trains its share of every step; the main process commits checkpoints).
+    On several nodes both URLs must be storage that every node reads (object storage, a shared file system): every
+    process reads the batch, and the run's committed checkpoints to resume from."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hitchhiker.train.grpo", description=main.__doc__)
+    p.add_argument("batch_url", help="a committed GRPO training batch (hitchhiker.batches.write_grpo_batch)")
+    p.add_argument("run_url", help="where the run's checkpoints are committed; a run already there resumes")
+    p.add_argument("--logging-dir", default=None, help="TensorBoard (default: <run_url>/tensorboard when local)")
+    args = p.parse_args(argv)
+    from accelerate.state import PartialState
+
+    def report(step: int, m: dict) -> None:  # the metrics are the step's (all processes'): print them once
+        if PartialState().is_main_process:
+            print(f"step {step}: loss {m['loss']:.6f} reward_mean {m['reward_mean']:.4f} lr {m['lr']:.3g}"
+                  + (f" grad_norm {m['grad_norm']:.4f}" if "grad_norm" in m else ""), flush=True)
+
+    res = train_batch(args.batch_url, args.run_url, logging_dir=args.logging_dir, on_step_end=report)
+    if PartialState().is_main_process:
+        print(f"checkpoint {res.checkpoint_id}: {res.steps} steps on {len(res.groups_used)} groups -> {res.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
