@@ -65,13 +65,23 @@ def _number(v) -> str:
 
 
 def sql_sha256() -> str:
-    """Hash of sql/rewards.sql with comments and blank space removed: edits to the formula change it, prose does not."""
-    text = re.sub(r"--[^\n]*", "", db.sql_text("rewards"))
+    """Hash of sql/rewards.sql and its calendar (sql/rewards/calendar.sql) with comments and blank space removed:
+    edits to the formula or the calendar change it, prose does not."""
+    text = re.sub(r"--[^\n]*", "", db.sql_text("rewards") + "\n" + db.sql_text("rewards/calendar"))
     return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
 
 
+def ensure_calendar(con: duckdb.DuckDBPyConnection) -> None:
+    """(Re)create the table macro `reward_calendar` (sql/rewards/calendar.sql) on this connection: the reward's own
+    calendar, the one answer to "when does this decision's reward exit" for every stage (temporary, so it works on a
+    read-only store too)."""
+    con.execute(db.sql_text("rewards/calendar"))
+
+
 def set_spec_variables(con: duckdb.DuckDBPyConnection, spec: RewardSpec) -> None:
-    """Set the DuckDB variables sql/rewards.sql reads (reward_horizon_days, reward_entry, ...)."""
+    """Set the DuckDB variables sql/rewards.sql reads (reward_horizon_days, reward_entry, ...) and create the calendar
+    macro it calls."""
+    ensure_calendar(con)
     values = {
         "reward_spec": spec.reward_spec,
         "reward_horizon_days": spec.horizon_days,

@@ -21,20 +21,14 @@
 -- returns, costs and reward_usd, one row per decision whose exit price exists (matured); a decision of today is
 -- absent, not NULL.
 --
--- Trading days are the dates present in `prices` for the ticker (for a pair: the dates on which both have prices).
--- With T the decision date, the exit is the close of the h-th trading day after T; the entry is the open of the
--- first trading day after T ('next_open', so the position is exposed for h sessions) or T's own close
--- ('decision_close', which needs a price on T for every leg). No price after the exit and none before T enters a
--- reward. Prices are adjusted by adj_close / close where the source gives both (splits and dividends between entry
--- and exit are then in the return); a missing open is replaced by that day's close and the row is flagged
--- 'open_imputed'.
---
--- How the calendar is read without a search per decision: the dates of `prices` are numbered once (market days,
--- g), and each market (A, B, T) is anchored at the first market day after T on which both legs are listed (or at T
--- for 'decision_close'). Its legs' prices on the anchor and the next `span` market days (span = h - 1, or h from T)
--- are then equality lookups. When both legs have a price on each of those days, they are the pair's first common
--- trading days and entry and exit are exact (`direct`, nearly every market). The few where a leg misses one of
--- those days (a halted stock) walk the pair's common days one by one (`walked`).
+-- The calendar is the reward calendar, sql/rewards/calendar.sql (the table macro reward_calendar, which
+-- hitchhiker.rewards.set_spec_variables creates; by hand: `.read sql/rewards/calendar.sql`): trading days are the dates
+-- present in `prices` for the ticker (for a pair: the dates on which both have prices). With T the decision date, the
+-- exit is the close of the h-th trading day after T; the entry is the open of the first trading day after T
+-- ('next_open', so the position is exposed for h sessions) or T's own close ('decision_close', which needs a price on
+-- T for every leg). No price after the exit and none before T enters a reward. Prices are adjusted by adj_close /
+-- close where the source gives both (splits and dividends between entry and exit are then in the return); a missing
+-- open is replaced by that day's close and the row is flagged 'open_imputed'.
 WITH
 -- The markets the decisions need, numbered. Elementwise markets use A's own calendar (B := A, `single`).
 markets AS MATERIALIZED (
@@ -48,10 +42,14 @@ markets AS MATERIALIZED (
         ticker_b IS NULL AS single
     FROM decision_markets
 ),
--- Every date on which any ticker traded, numbered in order.
-market_days AS MATERIALIZED (
-    SELECT date, row_number() OVER (ORDER BY date) AS g
-    FROM (SELECT DISTINCT date FROM prices)
+-- Entry and exit day of each market (absent: not matured, or no price on T for 'decision_close').
+calendar_markets AS (
+    SELECT market_id AS market_key, decision_date, ticker_a, ticker_b, getvariable('reward_horizon_days') AS horizon_days
+    FROM markets
+),
+calendar AS MATERIALIZED (
+    SELECT market_key AS market_id, entry_date, exit_date
+    FROM reward_calendar('calendar_markets', getvariable('reward_entry'))
 ),
 -- Adjusted prices: USD per share, in today's share units.
 adjusted AS (
@@ -63,116 +61,37 @@ adjusted AS (
         open IS NULL AS open_imputed
     FROM prices
 ),
--- Each needed ticker's first and last market day (a stock listed later, or gone, shares no day outside them).
-listed AS MATERIALIZED (
-    SELECT t.ticker, f.g AS first_g, l.g AS last_g
-    FROM (
-        SELECT ticker, min(date) AS first_date, max(date) AS last_date
-        FROM prices
-        SEMI JOIN (SELECT ticker_a AS ticker FROM markets UNION SELECT ticker_b FROM markets) AS n USING (ticker)
-        GROUP BY ticker
-    ) AS t
-    JOIN market_days AS f ON f.date = t.first_date
-    JOIN market_days AS l ON l.date = t.last_date
-),
--- Per market, its anchor and the last day both legs are listed. The market is left out when the data cannot hold h
--- common days after T yet (not matured), and for 'decision_close' when T is not a day both legs can have a price.
-anchors AS MATERIALIZED (
+-- Each leg's entry and exit day, priced: the open of the entry day ('next_open') or its close (T, 'decision_close'),
+-- and the close of the exit day.
+leg_ends AS MATERIALIZED (
     SELECT
-        m.market_id,
-        m.ticker_a,
-        m.ticker_b,
-        m.decision_date,
-        anchor.g AS anchor_g,
-        anchor.date AS anchor_date,
-        last_common.date AS last_common_date
-    FROM markets AS m
-    ASOF JOIN market_days AS after_t ON after_t.date > m.decision_date
-    JOIN listed AS la ON la.ticker = m.ticker_a
-    JOIN listed AS lb ON lb.ticker = m.ticker_b
-    JOIN market_days AS anchor
-      ON anchor.g = IF(getvariable('reward_entry') = 'next_open',
-                       greatest(after_t.g, la.first_g, lb.first_g),
-                       after_t.g - 1)
-    JOIN market_days AS last_common ON last_common.g = least(la.last_g, lb.last_g)
-    WHERE anchor.g + getvariable('reward_horizon_days') - IF(getvariable('reward_entry') = 'next_open', 1, 0)
-          <= last_common.g
-      AND (getvariable('reward_entry') = 'next_open'
-           OR (anchor.date = m.decision_date AND anchor.g >= greatest(la.first_g, lb.first_g)))
+        l.market_id,
+        l.is_a,
+        IF(getvariable('reward_entry') = 'next_open', p_in.open_adj, p_in.close_adj) AS entry_price,
+        p_out.close_adj AS exit_price,
+        getvariable('reward_entry') = 'next_open' AND p_in.open_imputed AS open_imputed
+    FROM (SELECT c.market_id, true AS is_a, m.ticker_a AS ticker, c.entry_date, c.exit_date
+          FROM calendar AS c JOIN markets AS m USING (market_id)
+          UNION ALL
+          SELECT c.market_id, false, m.ticker_b, c.entry_date, c.exit_date
+          FROM calendar AS c JOIN markets AS m USING (market_id)) AS l
+    JOIN adjusted AS p_in ON p_in.ticker = l.ticker AND p_in.date = l.entry_date
+    JOIN adjusted AS p_out ON p_out.ticker = l.ticker AND p_out.date = l.exit_date
 ),
--- The anchor and the `span` market days after it, for each leg: i = 0 is the entry day, i = span the exit day.
--- Materialized, so that the join order cannot pair each leg with every price row of its ticker before the day is set.
-lookups AS MATERIALIZED (
-    SELECT l.market_id, l.is_a, l.ticker, l.i, d.date
-    FROM (
-        SELECT leg.market_id, leg.is_a, leg.ticker, i.i, leg.anchor_g + i.i AS g
-        FROM (SELECT market_id, true AS is_a, ticker_a AS ticker, anchor_g FROM anchors
-              UNION ALL
-              SELECT market_id, false, ticker_b, anchor_g FROM anchors) AS leg
-        CROSS JOIN range(getvariable('reward_horizon_days') + IF(getvariable('reward_entry') = 'next_open', 0, 1)) AS i(i)
-    ) AS l
-    JOIN market_days AS d USING (g)
-),
--- Markets with a price for both legs on each of those days: no common trading day lies between T and the anchor, so
--- these are the pair's first common days and entry and exit are exact.
-direct AS MATERIALIZED (
-    SELECT
-        k.market_id,
-        min(k.date) AS entry_date,
-        max(k.date) AS exit_date,
-        any_value(IF(getvariable('reward_entry') = 'next_open', p.open_adj, p.close_adj))
-            FILTER (WHERE k.i = 0 AND k.is_a) AS entry_a,
-        any_value(IF(getvariable('reward_entry') = 'next_open', p.open_adj, p.close_adj))
-            FILTER (WHERE k.i = 0 AND NOT k.is_a) AS entry_b,
-        arg_max(p.close_adj, k.i) FILTER (WHERE k.is_a) AS exit_a,
-        arg_max(p.close_adj, k.i) FILTER (WHERE NOT k.is_a) AS exit_b,
-        getvariable('reward_entry') = 'next_open' AND bool_or(p.open_imputed) FILTER (WHERE k.i = 0) AS open_imputed
-    FROM lookups AS k
-    JOIN adjusted AS p ON p.ticker = k.ticker AND p.date = k.date
-    GROUP BY k.market_id
-    HAVING count(*) = 2 * (getvariable('reward_horizon_days') + IF(getvariable('reward_entry') = 'next_open', 0, 1))
-),
--- The other markets walk A's days from the anchor to the last day both legs are listed (materialized first, so
--- that the join order cannot pair every price row of A with every price row of B before the few markets are
--- picked), keeping the days B also has.
-walk_a AS MATERIALIZED (
-    SELECT a.market_id, a.ticker_b, a.decision_date, p.date, p.open_adj, p.close_adj, p.open_imputed
-    FROM anchors AS a
-    ANTI JOIN direct USING (market_id)
-    JOIN adjusted AS p ON p.ticker = a.ticker_a AND p.date BETWEEN a.anchor_date AND a.last_common_date
-),
-walked AS (
-    SELECT
-        a.market_id,
-        any_value({'date': a.date, 'close_a': a.close_adj, 'close_b': b.close_adj})
-            FILTER (WHERE a.date = a.decision_date) AS on_t,
-        list({'date': a.date, 'open_a': a.open_adj, 'close_a': a.close_adj, 'open_b': b.open_adj,
-              'close_b': b.close_adj, 'open_imputed': a.open_imputed OR b.open_imputed} ORDER BY a.date)
-            FILTER (WHERE a.date > a.decision_date) AS after_t
-    FROM walk_a AS a
-    JOIN adjusted AS b ON b.ticker = a.ticker_b AND b.date = a.date
-    GROUP BY a.market_id
-),
--- Entry and exit prices per leg; 'decision_close' enters at T's close, so a market without a price on T for both
--- legs drops out (it can never be priced that way).
 legs AS MATERIALIZED (
-    SELECT m.*, x.* EXCLUDE (market_id)
+    SELECT m.*, c.entry_date, c.exit_date, x.* EXCLUDE (market_id)
     FROM markets AS m
+    JOIN calendar AS c USING (market_id)
     JOIN (
-        SELECT * FROM direct
-        UNION ALL BY NAME
         SELECT
             market_id,
-            IF(getvariable('reward_entry') = 'next_open', after_t[1].date, on_t.date) AS entry_date,
-            after_t[getvariable('reward_horizon_days')].date AS exit_date,
-            IF(getvariable('reward_entry') = 'next_open', after_t[1].open_a, on_t.close_a) AS entry_a,
-            IF(getvariable('reward_entry') = 'next_open', after_t[1].open_b, on_t.close_b) AS entry_b,
-            after_t[getvariable('reward_horizon_days')].close_a AS exit_a,
-            after_t[getvariable('reward_horizon_days')].close_b AS exit_b,
-            getvariable('reward_entry') = 'next_open' AND after_t[1].open_imputed AS open_imputed
-        FROM walked
-        WHERE len(after_t) >= getvariable('reward_horizon_days')
-          AND (getvariable('reward_entry') = 'next_open' OR on_t IS NOT NULL)
+            any_value(entry_price) FILTER (WHERE is_a) AS entry_a,
+            any_value(entry_price) FILTER (WHERE NOT is_a) AS entry_b,
+            any_value(exit_price) FILTER (WHERE is_a) AS exit_a,
+            any_value(exit_price) FILTER (WHERE NOT is_a) AS exit_b,
+            bool_or(open_imputed) AS open_imputed
+        FROM leg_ends
+        GROUP BY market_id
     ) AS x USING (market_id)
 ),
 -- Daily volatility for the risk penalty: sample std of the leg's close-to-close adjusted returns (per $1 per day)
@@ -182,7 +101,7 @@ daily_returns AS (
            row_number() OVER own_days AS day_no,
            close_adj / lag(close_adj) OVER own_days - 1.0 AS return_1d
     FROM adjusted
-    SEMI JOIN listed USING (ticker)
+    SEMI JOIN (SELECT ticker_a AS ticker FROM markets UNION SELECT ticker_b FROM markets) AS n USING (ticker)
     WHERE getvariable('reward_risk_lambda') <> 0
     WINDOW own_days AS (PARTITION BY ticker ORDER BY date)
 ),
