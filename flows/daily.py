@@ -165,7 +165,7 @@ def pending_work(db_path: str, replay_root: str, day: str, mode: str, style: str
 
     Reading the gate's candidate before today's training is safe: a checkpoint trained today cannot have matured
     out-of-sample days yet. First, checkpoints that runs committed while no daily run waited are registered."""
-    from hitchhiker import db, registry, replay
+    from hitchhiker import db, registry, replay, rewards
     from hitchhiker.evaluate import SplitError, champion, training_cutoff
     from hitchhiker.batches import default_reward_spec
 
@@ -174,6 +174,7 @@ def pending_work(db_path: str, replay_root: str, day: str, mode: str, style: str
         con = db.connect(db_path)
         try:
             replay.ensure_view(con, replay_root)
+            rewards.ensure_calendar(con)  # the reward calendar decides the gate's matured evaluation dates
             out["registered"] = {url: ids for url, ids in registry.register_known_runs(con).items() if ids}
             ((n, first, last, key),) = con.execute(db.sql_text("daily/new_groups"),
                                                    {"reward_spec": default_reward_spec()}).fetchall()

@@ -44,7 +44,8 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
                            on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
         finally:
             con.close()
-    rows = [{k: h[k] for k in ("iteration", "seconds", "accuracy", "valid_rate", "n", "p_value", "checkpoint_id")} for h in res.history]
+    rows = [{k: h[k] for k in ("iteration", "seconds", "accuracy", "valid_rate", "n", "n_unpriced", "p_value", "checkpoint_id")}
+            for h in res.history]
     return {"checkpoint_id": res.checkpoint_id, "history": rows, "out_dir": res.out_dir}
 
 

@@ -66,25 +66,33 @@ class EvalRun:
 # --- walk-forward split -------------------------------------------------------------------------------------------
 
 def training_cutoff(con: duckdb.DuckDBPyConnection, checkpoint_id: str) -> tuple[date | None, date | None]:
-    """(last decision date trained on, last reward exit date) over the checkpoint's whole lineage; Nones if untrained."""
+    """(last decision date trained on, last reward exit date) over the checkpoint's whole lineage; Nones if untrained.
+
+    The exit of each trained state's reward is read from the reward calendar (sql/rewards/calendar.sql, the state's
+    own tickers and horizon), and from the stored rewards of those groups (a longer-horizon spec exits later)."""
+    from hitchhiker import rewards
+
+    rewards.ensure_calendar(con)
     rows = con.execute(db.sql_text("evaluate/lineage_groups"), {"checkpoint_id": checkpoint_id}).fetchall()
     if not rows:
         return None, None
-    missing = [g for g, d, _ in rows if d is None]
+    missing = [g for g, d, _, _ in rows if d is None]
     if missing:
         raise SplitError(f"checkpoint {checkpoint_id}: {len(missing)} of {len(rows)} training groups are not in the "
                          f"replay buffer (e.g. {missing[0]}), so its training dates cannot be checked")
-    last = max(d for _, d, _ in rows)
-    horizon = max(h or 1 for _, _, h in rows)
-    # The reward of a decision on D exits on the horizon-th trading day after D (either entry convention).
-    later = [r[0] for r in con.execute(
-        "SELECT DISTINCT date FROM prices WHERE date > ? ORDER BY date LIMIT ?", [last, horizon]).fetchall()]
-    exit_date = later[-1] if len(later) == horizon else None
+    unknown = [g for g, _, known, _ in rows if not known]
+    if unknown:
+        raise SplitError(f"checkpoint {checkpoint_id}: the states of {len(unknown)} of {len(rows)} training groups are "
+                         f"not in `states` (e.g. {unknown[0]}), so their reward windows cannot be checked")
+    last = max(d for _, d, _, _ in rows)
+    # None while some trained reward's exit day is not in prices yet: its window runs past the last price.
+    exits = [x for _, _, _, x in rows]
+    exit_date = None if None in exits else max(exits)
     try:
         ((stored,),) = con.execute(
             "SELECT max(w.exit_date) FROM rewards AS w JOIN replay AS r USING (rollout_id) "
-            "WHERE r.group_id IN (SELECT unnest(?::VARCHAR[]))", [[g for g, _, _ in rows]]).fetchall()
-    except duckdb.CatalogException:  # no rewards table yet: the price calendar alone decides
+            "WHERE r.group_id IN (SELECT unnest(?::VARCHAR[]))", [[g for g, _, _, _ in rows]]).fetchall()
+    except duckdb.CatalogException:  # no rewards table yet: the reward calendar alone decides
         stored = None
     if exit_date is None and stored is None:
         raise SplitError(f"checkpoint {checkpoint_id} trained on decisions up to {last} whose rewards exit after the "

@@ -8,6 +8,7 @@ pairwise accuracy on held-out dates that come strictly after every training date
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,6 +22,8 @@ from hitchhiker.rewards import RewardSpec
 from hitchhiker.rollouts import SamplingConfig
 from hitchhiker.states import StatesConfig
 from hitchhiker.train.config import GRPOConfig
+
+log = logging.getLogger(__name__)
 
 
 def _default_states() -> StatesConfig:
@@ -94,10 +97,14 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
         return load_policy(PolicyConfig(model=config.model, checkpoint=checkpoint_path, checkpoint_id=checkpoint_id))
 
     def evaluate(iteration: int, extra: dict) -> None:
-        row = {"iteration": iteration, "seconds": time.perf_counter() - started, **greedy_accuracy(con, policy(), eval_ids), **extra}
+        row = {"iteration": iteration, "seconds": time.perf_counter() - started,
+               **greedy_accuracy(con, policy(), eval_ids, config.reward), **extra}
         history.append(row)
-        for k in ("accuracy", "valid_rate", "p_value"):
+        for k in ("accuracy", "valid_rate", "p_value", "n_unpriced"):
             writer.add_scalar(f"eval/{k}", row[k], iteration)
+        if row["n_unpriced"]:
+            log.warning("iteration %d: %d of %d held-out states have no outcome yet (their reward has not exited in "
+                        "prices) and are not in the accuracy", iteration, row["n_unpriced"], len(eval_ids))
         if on_iteration is not None:
             on_iteration(row)
 
@@ -140,19 +147,35 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
     return LoopResult(checkpoint_id, history, str(out_dir), iterations)
 
 
-def greedy_accuracy(con, policy, state_ids: list[str], batch_size: int = 64) -> dict:
-    """Greedy pairwise decisions on these states: accuracy (picked the stock with the higher return over the
-    horizon; invalid = wrong), valid-format rate, and the one-sided binomial p-value against chance."""
+def pair_outcomes(con, state_ids: list[str], spec: RewardSpec = RewardSpec()) -> dict[str, tuple[float, float]]:
+    """(return_a, return_b) of each pairwise state over its reward's window (`spec`'s horizon and entry on the reward
+    calendar), priced by the rewards stage's own sql/rewards.sql; a state whose reward has not exited yet is absent."""
+    from hitchhiker import rewards
+
+    frame = con.execute(db.sql_text("train/pair_outcomes"), {"state_ids": list(state_ids)}).df()
+    if frame.empty:
+        return {}
+    rewards.set_spec_variables(con, spec)
+    with rewards.flat_decisions(con, frame):
+        rows = con.execute(f"SELECT decision_id, return_a, return_b FROM ({db.sql_text('rewards')})").fetchall()
+    return {sid: (ra, rb) for sid, ra, rb in rows}
+
+
+def greedy_accuracy(con, policy, state_ids: list[str], spec: RewardSpec = RewardSpec(), batch_size: int = 64) -> dict:
+    """Greedy pairwise decisions on these states: accuracy (picked the stock with the higher return over the reward's
+    window, `pair_outcomes`; invalid = wrong), valid-format rate, the one-sided binomial p-value against chance, and
+    n_unpriced: the states left out because they have no outcome (reward not exited yet, or not pairwise)."""
     from hitchhiker.metrics import binomial_p_greater
     from hitchhiker.rollouts import load_states
 
     states = load_states(con, state_ids)
-    truth = {sid: (ra, rb) for sid, ra, rb in con.execute(db.sql_text("train/pair_outcomes"), {"state_ids": state_ids}).fetchall()}
+    truth = pair_outcomes(con, state_ids, spec)
+    n_unpriced = sum(s.state_id not in truth for s in states)
     tok = policy.tokenizer
     correct = valid = n = 0
     actions = {"A": 0, "B": 0}
     for i in range(0, len(states), batch_size):
-        chunk = [s for s in states[i:i + batch_size] if s.state_id in truth and None not in truth[s.state_id]]
+        chunk = [s for s in states[i:i + batch_size] if s.state_id in truth]
         if not chunk:
             continue
         prompts = [policy.prompt_ids(s.messages) for s in chunk]
@@ -173,22 +196,26 @@ def greedy_accuracy(con, policy, state_ids: list[str], batch_size: int = 64) -> 
                 actions[parsed.action] += 1
                 correct += (parsed.action == "A") == (ra > rb) and ra != rb
     if n == 0:
-        raise ValueError("none of the evaluation states has a matured outcome in prices")
-    return {"accuracy": correct / n, "valid_rate": valid / n, "n": n, "correct": correct,
+        raise ValueError(f"none of the {len(states)} evaluation states has a matured outcome in prices")
+    return {"accuracy": correct / n, "valid_rate": valid / n, "n": n, "correct": correct, "n_unpriced": n_unpriced,
             "p_value": binomial_p_greater(correct, n), "share_a": actions["A"] / max(valid, 1)}
 
 
 def check_held_out_dates(con, config) -> None:
-    """Held-out dates must come after every training date's reward window (no overlap of what was learned).
-    config: any loop's config with train_dates, eval_dates, states.horizon_days and reward.horizon_days (the LLM
-    loop's and the Beta head's)."""
+    """Held-out dates must come after every training date's reward window (no overlap of what was learned): after the
+    latest exit, on the reward calendar, of a decision on the last training date by any pair (pairwise) or stock
+    (elementwise) of the store (sql/train/last_training_exit.sql).
+    config: any loop's config with train_dates, eval_dates, states.mode, states.horizon_days and reward.horizon_days
+    (the LLM loop's and the Beta head's)."""
+    from hitchhiker import rewards
+
     if not config.train_dates or not config.eval_dates:
         raise ValueError("train_dates and eval_dates must both be non-empty")
     horizon = max(config.states.horizon_days, config.reward.horizon_days)
-    last_exit = con.execute(
-        "SELECT max(date) FROM (SELECT DISTINCT date FROM prices WHERE date > ? ORDER BY date LIMIT ?)",
-        [max(config.train_dates), horizon],
-    ).fetchall()[0][0]
+    rewards.ensure_calendar(con)
+    last_exit = con.execute(db.sql_text("train/last_training_exit"), {
+        "last_train_date": max(config.train_dates), "horizon_days": horizon,
+        "pairwise": config.states.mode == contract.PAIRWISE}).fetchall()[0][0]
     if last_exit is None or min(config.eval_dates) <= last_exit:
         raise ValueError(f"held-out dates must come after the last training date {max(config.train_dates)} plus its "
                          f"{horizon}-day reward horizon (ends {last_exit}); first eval date is {min(config.eval_dates)}")

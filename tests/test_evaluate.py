@@ -48,12 +48,16 @@ def _insert_states(con, start, end, pairs=(("AAP", "ABBV"), ("ABC", "XOM"), ("MS
 
 
 def _replay_and_checkpoints(con, lineage):
-    """A replay view over hand-made rows and checkpoints rows: lineage = [(checkpoint_id, parent_id, [dates])]."""
+    """A replay view over hand-made rows, their states (AAP/ABBV, one-day horizon: the reward calendar reads the
+    trained states' tickers) and checkpoints rows: lineage = [(checkpoint_id, parent_id, [dates])]."""
     rows = []
     for ckpt, _, dates in lineage:
         for d in dates:
             rows.append({"rollout_id": f"{ckpt}-{d}-0", "group_id": f"g-{ckpt}-{d}", "decision_date": d,
                          "state_id": f"train-{d}"})
+            con.execute("INSERT INTO states VALUES (?, ?, ?, 'pairwise', 'trend', ['AAP', 'ABBV'], 'AAP-ABBV', 'choice', "
+                        "1, 5, '[]', '{}', true, '{}', 12, 'test', now()) ON CONFLICT DO NOTHING",
+                        [f"train-{d}", d, datetime.combine(d, datetime.min.time(), timezone.utc)])
     con.register("replay_rows", pd.DataFrame(rows))
     con.execute("CREATE OR REPLACE TABLE replay_table AS SELECT rollout_id, group_id, CAST(decision_date AS DATE) "
                 "AS decision_date, state_id FROM replay_rows")

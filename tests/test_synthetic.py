@@ -11,6 +11,7 @@ from train_helpers import tiny_model_dir
 
 
 def test_trend_word_decides_the_next_session(tmp_path):
+    from hitchhiker.loop import pair_outcomes
     from hitchhiker.policy import load_tokenizer
     from hitchhiker.states import StatesConfig, build_states
 
@@ -26,7 +27,8 @@ def test_trend_word_decides_the_next_session(tmp_path):
     for couple in couples(market):
         ids += build_states(con, cfg, days, tickers=couple, tokenizer=tok)
     assert len(ids) == 2 * len(days)
-    outcomes = dict((sid, (ra, rb)) for sid, ra, rb in con.execute(db.sql_text("train/pair_outcomes"), {"state_ids": ids}).fetchall())
+    outcomes = pair_outcomes(con, ids)  # every state's day has a next session: all priced
+    assert set(outcomes) == set(ids)
     a_first = 0
     for sid, messages, features in con.execute(
         "SELECT state_id, messages, features FROM states WHERE list_contains(?, state_id)", [ids]
