@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 TARGET = 0.1
-DAYS = ["2016-03-01", "2016-03-02", "2016-03-03", "2016-03-04", "2016-03-07", "2016-03-08", "2016-03-09"]
-SMALL = {"style": "trend", "group_size": 8, "n_boot": 200, "retry_delay_s": 1}
+DAYS = ["2016-03-01", "2016-03-02", "2016-03-03", "2016-03-04", "2016-03-07", "2016-03-08", "2016-03-09", "2016-03-10",
+        "2016-03-11", "2016-03-14"]
+SMALL = {"style": "trend", "group_size": 8, "n_boot": 200}
 
 
 def _moto(env: dict) -> subprocess.Popen:
@@ -52,15 +53,13 @@ def _moto(env: dict) -> subprocess.Popen:
     raise RuntimeError("moto_server did not start")
 
 
-def _slot_seconds(log: Path, start: float, end: float) -> tuple[float, float]:
-    """Seconds the slot was held inside [start, end], and how many holds."""
-    held, n = 0.0, 0
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        h = json.loads(line)
-        overlap = min(h["end"], end) - max(h["start"], start)
-        if overlap > 0:
-            held, n = held + overlap, n + 1
-    return held, n
+def _holds(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def _slot_seconds(holds: list[dict], start: float, end: float) -> float:
+    """Seconds the slot was held (by anyone) inside [start, end]."""
+    return sum(max(0.0, min(h["end"], end) - max(h["start"], start)) for h in holds)
 
 
 def main() -> int:
@@ -102,7 +101,8 @@ def _measure(args, work: Path, start, wait_final, prices: str) -> int:
     db, storage = str(work / "store" / "hitchhiker.duckdb"), "s3://bench/hitchhiker"
     first, train_day, other_day = DAYS[0], DAYS[args.days], DAYS[args.days + 1]
     fill = start("backfill/backfill", {"start": first, "end": DAYS[args.days - 1], "db": db, "storage": storage,
-                                       "prices_csv": prices, "options": {**SMALL, "train": False}})
+                                       "prices_csv": prices, "retry_delay_s": 1,
+                                       "options": {**SMALL, "train": False}})
     (fill,) = wait_final([fill.id], work, timeout_s=3600)
     assert fill.state.is_completed(), fill.state.message
     daily = start("daily/daily", {"date": train_day, "db": db, "storage": storage, "prices_csv": prices, **SMALL,
@@ -124,13 +124,20 @@ def _measure(args, work: Path, start, wait_final, prices: str) -> int:
     with get_client(sync_client=True) as client:
         (train,) = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"])))
     train_s = (train.end_time - train.start_time).total_seconds()
-    t0, t1 = daily.start_time.timestamp(), daily.end_time.timestamp()
-    slot_all, holds_all = _slot_seconds(work / "slot.jsonl", t0, t1)
-    during, _ = _slot_seconds(work / "slot.jsonl", train.start_time.timestamp(), train.end_time.timestamp())
+    holds = _holds(work / "slot.jsonl")
+    own = [h for h in holds if h["root_flow_run"] == str(daily.id)]  # the daily run and its subflows
+    slot_all = sum(h["held_s"] for h in own)
+    during = _slot_seconds(holds, train.start_time.timestamp(), train.end_time.timestamp())
     other_done_first = other.end_time < train.end_time
     print(f"train deployment run: {train_s:.1f} s on the gpu pool ({train.name})")
-    print(f"daily run {train_day}: {(t1 - t0):.1f} s wall, store slot held {slot_all:.1f} s in {holds_all} holds "
-          f"(of which {during:.1f} s while the training ran, by any run)")
+    by_task: dict[str, float] = {}
+    for h in own:
+        name = (h["task"] or "?").rsplit("-", 1)[0]
+        by_task[name] = by_task.get(name, 0.0) + h["held_s"]
+    print("store slot held by the daily run, per task: " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                                                      sorted(by_task.items(), key=lambda kv: -kv[1])))
+    print(f"daily run {train_day}: {(daily.end_time - daily.start_time).total_seconds():.1f} s wall, store slot held "
+          f"{slot_all:.1f} s in {len(own)} holds; while the training ran the slot was held {during:.1f} s (by any run)")
     print(f"second daily run {other_day} (no training), started once training was running: "
           f"{(other.end_time - other.start_time).total_seconds():.1f} s, finished "
           f"{'before' if other_done_first else 'after'} the training")

@@ -17,8 +17,9 @@ from prefect import get_client
 from prefect.concurrency.sync import concurrency
 
 STORE_LIMIT = "hitchhiker-duckdb-writer"
-# When set, every hold of the slot appends {"start", "end", "held_s", "pid"} (epoch seconds) as one JSON line to this
-# file: how long the store was held, by whom, for bench/offhost.py and for anyone sizing a deployment.
+# When set, every hold of the slot appends {"start", "end", "held_s", "pid", "task", "flow_run", "root_flow_run"}
+# (epoch seconds) as one JSON line to this file: how long the store was held, by which task of which run, for
+# bench/offhost.py and for anyone sizing a deployment.
 SLOT_LOG_ENV = "HITCHHIKER_SLOT_LOG"
 
 
@@ -44,5 +45,9 @@ def store_slot(timeout_seconds: float = 3600) -> Iterator[None]:
 def _account(start: float, end: float) -> None:
     path = os.environ.get(SLOT_LOG_ENV)
     if path:
+        from prefect.runtime import flow_run, task_run
+
+        line = {"start": start, "end": end, "held_s": end - start, "pid": os.getpid(), "task": task_run.name,
+                "flow_run": flow_run.id, "root_flow_run": flow_run.root_flow_run_id if flow_run.id else None}
         with open(path, "a") as f:  # one short line per write: appends from several processes do not interleave
-            f.write(json.dumps({"start": start, "end": end, "held_s": end - start, "pid": os.getpid()}) + "\n")
+            f.write(json.dumps(line, default=str) + "\n")

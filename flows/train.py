@@ -5,8 +5,9 @@ the DuckDB store and never takes the store slot, so a training of hours blocks n
 restarted flow run with the same URLs continues from the run's last committed checkpoint without reusing or skipping
 a group. Artifacts: the per-step metrics table and a markdown summary.
 
-The orchestrator's side (CPU pool, under the store slot for seconds): `prepare_training` selects the groups and
-writes the batch (hitchhiker/batches.py) and records the run; `register_training` registers the run's committed
+The orchestrator's side (CPU pool, under the store slot for well under a second each): `prepare_training` reads
+the lineage and the advantages from the store, then (slot free) the groups' tokens from the replay files and writes
+the batch (hitchhiker/batches.py), then records the run; `register_training` registers the run's committed
 checkpoints with their lineage (hitchhiker/registry.py), also those of a run that finished while nobody waited.
 """
 from __future__ import annotations
@@ -59,21 +60,33 @@ def prepare_training(db_path: str, storage: str | None, run_url: str, algorithm:
     from hitchhiker.rewards import ensure_advantages_view
     from hitchhiker.train.config import DPOConfig, GRPOConfig
 
-    root = files.location(db_path, storage, "batches")
+    root, replay_root = files.location(db_path, storage, "batches"), files.location(db_path, storage, "replay")
+    if algorithm not in ("grpo", "dpo"):
+        raise ValueError(f"algorithm {algorithm!r} is not 'grpo' or 'dpo'")
     with store_slot():
         con = db.connect(db_path)
         try:
             known = con.execute("SELECT batch_url FROM train_runs WHERE run_url = ?", [run_url]).fetchone()
             if known is not None:
                 return {"batch_url": known[0], "run_url": run_url, "resumed": True}
-            replay.ensure_view(con, files.location(db_path, storage, "replay"))
             ensure_advantages_view(con)
-            if algorithm == "grpo":
-                batch_url = batches.write_grpo_batch(con, GRPOConfig(**config), root, parent_id=parent, base_model=model)
-            elif algorithm == "dpo":
+            if algorithm == "dpo":  # pairs are one row per group: read under the slot
+                replay.ensure_view(con, replay_root)
                 batch_url = batches.write_dpo_batch(con, DPOConfig(**config), root, parent_id=parent, base_model=model)
-            else:
-                raise ValueError(f"algorithm {algorithm!r} is not 'grpo' or 'dpo'")
+                registry.record_run(con, run_url, batch_url)
+                return {"batch_url": batch_url, "run_url": run_url, "resumed": False}
+            selection = batches.StoreSelection.read(con, GRPOConfig(**config), parent, model)
+        finally:
+            con.close()
+    # GRPO: the groups' tokens are read from the replay files with the store closed (its slot free for other runs)
+    detached = selection.detached(replay_root)
+    try:
+        batch_url = batches.write_grpo_batch(detached, GRPOConfig(**config), root, selection=selection)
+    finally:
+        detached.close()
+    with store_slot():
+        con = db.connect(db_path)
+        try:
             registry.record_run(con, run_url, batch_url)
         finally:
             con.close()

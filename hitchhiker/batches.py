@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from datetime import date
 
 from hitchhiker import db, registry, storage
@@ -72,9 +73,10 @@ def load_groups(
 
 
 def plan_groups(con, config: GRPOConfig, parent_id: str | None = None, policy_version: str | None = None,
-                start_date=None, end_date=None) -> list[Group]:
-    """Matured groups not yet in the parent's lineage, in a seeded shuffled order (mixes dates within a step)."""
-    used = set(registry.lineage_groups(con, parent_id))
+                start_date=None, end_date=None, used: set[str] | None = None) -> list[Group]:
+    """Matured groups not yet in the parent's lineage, in a seeded shuffled order (mixes dates within a step).
+    used: the lineage's groups when con is not the store (detached_selection)."""
+    used = set(registry.lineage_groups(con, parent_id)) if used is None else used
     groups = [g for g in load_groups(con, config.reward_spec, config.advantage_column, policy_version, start_date, end_date)
               if g.group_id not in used]
     random.Random(config.shuffle_seed).shuffle(groups)
@@ -114,17 +116,51 @@ def _lineage_meta(con, parent_id: str | None, base_model: str | None) -> dict:
     return {"parent_id": parent_id, "parent_url": parent_url, "base_model": ckpts.base_model_name(base_model)}
 
 
+@dataclass
+class StoreSelection:
+    """What a GRPO batch needs from the store itself, read in well under a second: the lineage (parent, base model,
+    the groups it used) and the advantage rows under the spec. The tokens are then read from the replay's files by
+    an in-memory DuckDB (`detached`), with the store closed and its slot free."""
+
+    meta: dict
+    used: set[str]
+    reward_spec: str
+    advantages: object  # pyarrow.Table: the `advantages` rows under reward_spec
+
+    @classmethod
+    def read(cls, con, config: GRPOConfig, parent_id: str | None = None, base_model: str | None = None) -> StoreSelection:
+        spec = config.reward_spec or default_reward_spec()
+        rows = con.sql("SELECT * FROM advantages WHERE reward_spec = $spec", params={"spec": spec}).to_arrow_table()
+        return cls(_lineage_meta(con, parent_id, base_model), set(registry.lineage_groups(con, parent_id)), spec, rows)
+
+    def detached(self, replay_root: str):
+        """An in-memory DuckDB holding `advantages` (these rows) and the view `replay` over replay_root."""
+        import duckdb
+
+        from hitchhiker import replay
+
+        mem = duckdb.connect()
+        mem.register("selected_advantages", self.advantages)
+        mem.execute("CREATE VIEW advantages AS SELECT * FROM selected_advantages")
+        replay.ensure_view(mem, replay_root)
+        return mem
+
+
 def write_grpo_batch(con, config: GRPOConfig, batches_root: str, groups: list[Group] | None = None,
-                     parent_id: str | None = None, base_model: str | None = None, carry_optimizer: bool = False) -> str:
+                     parent_id: str | None = None, base_model: str | None = None, carry_optimizer: bool = False,
+                     selection: StoreSelection | None = None) -> str:
     """Select the groups (default: plan_groups) and write them as a committed GRPO batch; returns its URL.
 
     carry_optimizer: the run starts from the parent checkpoint's optimizer state (the loop's consecutive runs
-    behave as one long run; with one step per run, a fresh Adam would take sign-like first steps every time)."""
+    behave as one long run; with one step per run, a fresh Adam would take sign-like first steps every time).
+    selection: the store's part read beforehand (StoreSelection.read); con is then its detached connection."""
     config.check()
-    meta = _lineage_meta(con, parent_id, base_model)
-    reward_spec = config.reward_spec or default_reward_spec()
+    if selection is not None:
+        meta, reward_spec = selection.meta, selection.reward_spec  # the default spec when config names none, as below
+    else:
+        meta, reward_spec = _lineage_meta(con, parent_id, base_model), config.reward_spec or default_reward_spec()
     if groups is None:
-        groups = plan_groups(con, config, parent_id)
+        groups = plan_groups(con, config, parent_id, used=selection.used if selection is not None else None)
     if not groups:
         raise ValueError("no matured replay groups to train on (need rollouts with rewards under the reward spec)")
     return batches.write_grpo_batch(batches_root, groups, {**meta, "reward_spec": reward_spec,
