@@ -1,9 +1,13 @@
-"""`hitchhiker demo`: the whole loop, offline, on the shipped data (hitchhiker/data/) and the default small model.
+"""`hitchhiker demo`: the whole loop, offline, in two acts with the default small model.
 
-ingest prices and news -> company names (for anonymization) -> pairwise states -> a few loop iterations
-(rollouts -> SQL rewards -> GRPO -> held-out accuracy; `hitchhiker.loop.run_loop`) -> the last checkpoint
-evaluated against the base model and the rule baselines on held-out dates, and the promotion gate
-(`hitchhiker.evaluate`: a markdown report with plots).
+1. A market with a learnable rule (`hitchhiker.synthetic`, in a store of its own): the loop (`hitchhiker.loop.run_loop`:
+   states -> rollouts -> SQL rewards -> GRPO -> held-out accuracy) until held-out accuracy goes from chance to the
+   target, printed per iteration: the machinery learns what there is to learn.
+2. The real data shipped in hitchhiker/data/: ingest prices and news -> company names (for anonymization) ->
+   pairwise states -> a few loop iterations -> the last checkpoint evaluated against the base model and the rule
+   baselines on held-out dates, and the promotion gate (`hitchhiker.evaluate`: a markdown report with plots), with
+   one line that says what the result means.
+The report's first screen shows both acts.
 
 Re-running starts clean, explicitly: the demo deletes what its previous run wrote (the paths listed in
 `<out>/demo.json`, written before anything else) and runs again, so every run leaves one store with one run's
@@ -41,7 +45,7 @@ COMPANY_NAMES = {
 
 @dataclass
 class DemoConfig:
-    """Dates and sizes picked so that the demo, first build of the default model included, fits 5 min on 2 cores."""
+    """Dates and sizes picked so that the demo fits 3 min on 2 cores with the default model cached."""
 
     out_dir: str = "hitchhiker-demo"
     db: str | None = None  # default: <out_dir>/hitchhiker.duckdb (its replay buffer goes beside it)
@@ -55,6 +59,10 @@ class DemoConfig:
     eval_end: str = "2018-02-06"
     n_boot: int = 1000
     seed: int = 0
+    # Act 1, the synthetic market: iterations until the first held-out evaluation that reaches the target (at most).
+    synthetic_iterations: int = 40
+    synthetic_target: float = 0.8
+    synthetic_eval_dates: int = 60  # x 4 couples = 240 held-out states
 
 
 @dataclass
@@ -69,6 +77,8 @@ class DemoResult:
     subjects: list[str]  # evaluated: checkpoint, base model, baselines
     table: list[list[str]]  # the report's metrics table, one row per subject (report.TABLE_COLUMNS)
     gate: str  # the promotion gate's verdict
+    synthetic: list[dict]  # act 1: the loop's held-out accuracy per iteration on the synthetic market
+    meaning: str  # what the real-data result means, in plain words
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
 
@@ -78,8 +88,11 @@ def paths(config: DemoConfig) -> dict[str, Path]:
     db_file = Path(config.db).resolve() if config.db else out / "hitchhiker.duckdb"
     from hitchhiker.replay import default_root
 
+    synthetic = out / "synthetic.duckdb"
     return {"out": out, "db": db_file, "wal": db_file.with_name(db_file.name + ".wal"),
-            "replay": default_root(db_file), "loop": out / "loop", "reports": out / "reports"}
+            "replay": default_root(db_file), "loop": out / "loop", "reports": out / "reports",
+            "synthetic_db": synthetic, "synthetic_wal": synthetic.with_name(synthetic.name + ".wal"),
+            "synthetic_replay": default_root(synthetic), "synthetic_loop": out / "synthetic-loop"}
 
 
 def start_clean(config: DemoConfig) -> dict[str, Path]:
@@ -87,13 +100,15 @@ def start_clean(config: DemoConfig) -> dict[str, Path]:
     p = paths(config)
     manifest = p["out"] / MANIFEST
     owned = set(json.loads(manifest.read_text())["paths"]) if manifest.is_file() else set()
-    targets = [p[k] for k in ("db", "wal", "replay", "loop", "reports")]
+    targets = [p[k] for k in ("db", "wal", "replay", "loop", "reports", "synthetic_db", "synthetic_wal",
+                              "synthetic_replay", "synthetic_loop")]
     foreign = [t for t in targets if t.exists() and str(t) not in owned]
     if foreign:
         raise StoreError(f"{foreign[0]} exists and no demo manifest ({manifest}) names it, so the demo will not "
                          f"delete it: pass another --out or --db, or remove it yourself")
-    if p["db"].exists():
-        db.connect(p["db"], migrate_schema=False).close()  # a held file is a clear StoreLockedError, before any delete
+    for store in (p["db"], p["synthetic_db"]):
+        if store.exists():
+            db.connect(store, migrate_schema=False).close()  # a held file is a clear StoreLockedError, before any delete
     for t in targets:
         if t.is_dir():
             shutil.rmtree(t)
@@ -132,6 +147,11 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
     seconds["model"] = time.perf_counter() - t
     log(f"  {model} ({seconds['model']:.0f} s)")
 
+    t = time.perf_counter()
+    synthetic = _synthetic_act(config, p, log)
+    seconds["synthetic"] = time.perf_counter() - t
+
+    log("act 2, the real data shipped in hitchhiker/data/ (daily prices of 10 stocks and dated news):")
     con = db.connect(p["db"])
     try:
         t = time.perf_counter()
@@ -168,28 +188,111 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
             "prices", "news", "states", "replay", "rewards", "advantages", "checkpoints", "evaluations", "promotions")}
     finally:
         con.close()
-    return DemoResult(db=p["db"], replay_root=p["replay"], loop_dir=p["loop"], report=run.report_path,
-                      checkpoint_id=res.checkpoint_id, counts=counts, history=res.history,
-                      subjects=[r.subject for r in run.results], table=report.table_rows(run.results),
-                      gate=gate.reason, seconds=seconds)
+    result = DemoResult(db=p["db"], replay_root=p["replay"], loop_dir=p["loop"], report=run.report_path,
+                        checkpoint_id=res.checkpoint_id, counts=counts, history=res.history,
+                        subjects=[r.subject for r in run.results], table=report.table_rows(run.results),
+                        gate=gate.reason, synthetic=synthetic,
+                        meaning=plain_words(run.summaries[run.candidate], run.n_states, gate.promoted, gate.reason),
+                        seconds=seconds)
+    report.prepend(run.report_path, front_page(result, config),
+                   {"synthetic_accuracy.png": report.learning_curve_figure(synthetic, config.synthetic_target)})
+    return result
+
+
+def _synthetic_act(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> list[dict]:
+    """Act 1: the loop on a market with a learnable rule (its own store) until held-out accuracy reaches the target;
+    returns the held-out evaluations, one per iteration."""
+    from hitchhiker.loop import run_loop, synthetic_setup
+    from hitchhiker.synthetic import SyntheticMarket
+
+    market = SyntheticMarket(seed=config.seed)
+    con = db.connect(p["synthetic_db"])
+    try:
+        cfg = synthetic_setup(con, market, eval_dates=config.synthetic_eval_dates, iterations=config.synthetic_iterations,
+                              eval_every=1, target_accuracy=config.synthetic_target, seed=config.seed)
+        cfg.sampling.seed = cfg.grpo.seed = cfg.grpo.shuffle_seed = config.seed
+        log(f"act 1, a market with a learnable rule: {market.n_couples} couples of synthetic stocks, and in each the "
+            f"stock whose {market.trend_days}-day trend is up wins the next session; the loop runs until held-out "
+            f"accuracy reaches {config.synthetic_target} (at most {config.synthetic_iterations} iterations)")
+        res = run_loop(con, cfg, p["synthetic_loop"], p["synthetic_replay"], on_iteration=lambda r: log(
+            f"  synthetic iteration {r['iteration']}: {r['seconds']:.0f} s, held-out accuracy {r['accuracy']:.3f} "
+            f"(n={r['n']}, unpriced {r['n_unpriced']}), valid format {r['valid_rate']:.2f}"))
+    finally:
+        con.close()
+    return res.history
+
+
+def plain_words(metrics: dict, n_states: int, promoted: bool, gate_reason: str) -> str:
+    """What the real-data result means, in one line: the candidate's intervals against a coin and against zero, and
+    the gate's verdict."""
+    acc, (acc_lo, acc_hi) = metrics["accuracy"], metrics["accuracy_ci"]
+    usd, (usd_lo, usd_hi) = metrics["mean_reward_usd"], metrics["mean_reward_usd_ci"]
+    vs_coin = ("above a coin's 50 %: better than chance" if acc_lo > 0.5 else
+               "below a coin's 50 %: worse than chance" if acc_hi < 0.5 else
+               "which includes a coin's 50 %: no better than chance")
+    vs_zero = "above zero" if usd_lo > 0 else "below zero" if usd_hi < 0 else "which includes zero"
+    collapsed = "; it gives the same answer to nearly every state (collapsed)" if metrics.get("collapsed") else ""
+    verdict = ("The promotion gate promoted it." if promoted else
+               f"The promotion gate did not promote it ({gate_reason.rsplit(': ', 1)[-1]}).")
+    return (f"In plain words: on {n_states:,} held-out real decisions the trained model picked the better stock "
+            f"{acc:.1%} of the time (95 % interval {acc_lo:.1%} to {acc_hi:.1%}, {vs_coin}) and "
+            f"{'earned' if usd >= 0 else 'lost'} {abs(100 * usd):.3f} cents per $1 per decision after trading costs "
+            f"(interval {100 * usd_lo:+.3f} to {100 * usd_hi:+.3f} cents, {vs_zero}){collapsed}. {verdict}")
+
+
+def _curve(history: list[dict]) -> str:
+    """Held-out accuracy per iteration, equal values in a row written once: '0.50 (iterations 0-19) -> 1.00 (...)'."""
+    runs: list[list] = []  # [accuracy text, first iteration, last iteration]
+    for h in history:
+        value = f"{h['accuracy']:.2f}"
+        if runs and runs[-1][0] == value:
+            runs[-1][2] = h["iteration"]
+        else:
+            runs.append([value, h["iteration"], h["iteration"]])
+    last = history[-1]
+    return (" -> ".join(f"{v} (iteration {a})" if a == b else f"{v} (iterations {a}-{b})" for v, a, b in runs)
+            + f"; {last['seconds']:.0f} s, n={last['n']}")
+
+
+def _table(result: DemoResult) -> list[list[str]]:
+    return [["policy", "accuracy [95% CI]", "mean reward_usd [95% CI]"]] + [r[:3] for r in result.table]
+
+
+def front_page(result: DemoResult, config: DemoConfig) -> list[str]:
+    """The report's first screen: both acts, the synthetic curve and the real table, above the full evaluation."""
+    rows = _table(result)
+    return [
+        "# hitchhiker demo", "",
+        "## 1. A market with a learnable rule (synthetic)", "",
+        f"Held-out greedy accuracy per iteration (chance 0.5, target {config.synthetic_target}): {_curve(result.synthetic)}",
+        "", "![Held-out accuracy per iteration on the synthetic market](synthetic_accuracy.png)", "",
+        f"## 2. Real daily prices, held out {config.eval_start} .. {config.eval_end}", "",
+        "| " + " | ".join(rows[0]) + " |", "|---|---|---|", *("| " + " | ".join(r) + " |" for r in rows[1:]), "",
+        f"Promotion gate: {result.gate}", "", f"**{result.meaning}**", "", "---", "",
+    ]
 
 
 def summary(result: DemoResult, ui: str = "http://127.0.0.1:4200") -> list[str]:
     """What the demo prints at the end: where everything is and how to look at it."""
     first, last = result.history[0], result.history[-1]
     queries = db.SQL_DIR / "queries"
-    rows = [["policy", "accuracy [95% CI]", "mean reward_usd [95% CI]"]] + [r[:3] for r in result.table]
+    rows = _table(result)
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return [
         "",
+        f"act 1, synthetic market, held-out accuracy: {_curve(result.synthetic)}",
+        "",
+        "act 2, real data:",
         *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows),
         "",
         f"held-out accuracy: {first['accuracy']:.3f} before training -> {last['accuracy']:.3f} after "
         f"{last['iteration']} iterations (n={last['n']})",
         f"promotion gate: {result.gate}",
+        result.meaning,
+        "",
         "rows: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()),
         "",
-        f"report:       {result.report}",
+        f"report:       {result.report}  (its first screen: both acts)",
         f"database:     {result.db}",
         f"replay:       {result.replay_root}",
         f"checkpoints:  {result.loop_dir}  (last: {result.checkpoint_id})",

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 @dataclass
@@ -94,6 +95,32 @@ def actions_figure(results: list[SubjectResult]) -> Figure:
     ax.legend(title="action", loc="best", fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def learning_curve_figure(history: list[dict], target: float | None = None) -> Figure:
+    """Held-out accuracy per loop iteration (the loop's evaluations), against chance and the target."""
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.plot([h["iteration"] for h in history], [h["accuracy"] for h in history], marker="o", label="held-out accuracy")
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")
+    if target is not None:
+        ax.axhline(target, color="C2", linestyle="--", linewidth=1, label=f"target {target}")
+    ax.set_ylim(0.0, 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Held-out accuracy per iteration")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def prepend(report_path: str | Path, lines: list[str], figures: dict[str, Figure] | None = None) -> None:
+    """Put markdown `lines` above what the report says (its first screen), their figures saved beside it."""
+    path = Path(report_path)
+    for name, fig in (figures or {}).items():
+        fig.savefig(path.parent / name, dpi=100)
+        plt.close(fig)
+    path.write_text("\n".join(lines) + "\n" + path.read_text())
 
 
 def _fmt(x, digits: int = 4) -> str:

@@ -1,7 +1,8 @@
 """`hitchhiker demo` as a newcomer runs it, and the example queries in sql/queries/ on the store it leaves.
 
-The demo runs once per module, as a subprocess in an empty folder with an empty model cache (so the first-time
-build of the default small model is inside the measured time), offline.
+The demo runs once per module, as a subprocess in an empty folder, offline. The default small model is built first
+when the session's model cache is empty (timed apart): the demo's own budget is with the model cached, and the build
+plus the demo keep the from-scratch budget.
 """
 from __future__ import annotations
 
@@ -21,15 +22,21 @@ from hitchhiker.demo import MANIFEST, DemoConfig, paths, start_clean
 from hitchhiker.default_model import BUILDER_VERSION
 
 HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
-BUDGET_S = 300  # the acceptance: under 5 minutes on 2 cores, model build included
+BUDGET_S = 180  # the acceptance: under 3 minutes on 2 cores with the default model cached
+FROM_SCRATCH_BUDGET_S = 300  # ... and under 5 minutes with the model's first build
 QUERIES = sorted((db.SQL_DIR / "queries").glob("*.sql"))
 PRINTED = re.compile(r"^(report|database|replay|checkpoints|TensorBoard):\s+(\S+)", re.M)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    from hitchhiker.default_model import default_model_path
+
     cwd = tmp_path_factory.mktemp("fresh-clone")
-    home = tmp_path_factory.mktemp("fresh-hitchhiker-home")
+    home = Path(os.environ["HITCHHIKER_HOME"])  # the session's model cache (conftest), built once per session
+    started = time.perf_counter()
+    default_model_path()  # the first-time build, when the cache is empty, before the demo's clock
+    build_s = time.perf_counter() - started
     env = {**os.environ, "HITCHHIKER_HOME": str(home)}
     env.pop("HITCHHIKER_DB", None)
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -38,19 +45,44 @@ def demo(tmp_path_factory):
     seconds = time.perf_counter() - started
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = cpu.ru_utime - cpu_before.ru_utime + cpu.ru_stime - cpu_before.ru_stime
-    print(f"hitchhiker demo: {seconds:.0f} s wall, {cpu_s:.0f} s CPU")
-    return {"p": p, "seconds": seconds, "cpu_s": cpu_s, "cwd": cwd, "home": home,
+    print(f"default model build: {build_s:.0f} s; hitchhiker demo: {seconds:.0f} s wall, {cpu_s:.0f} s CPU")
+    return {"p": p, "seconds": seconds, "build_s": build_s, "cpu_s": cpu_s, "cwd": cwd, "home": home,
             "printed": dict(PRINTED.findall(p.stdout)), "db": cwd / "hitchhiker-demo" / "hitchhiker.duckdb"}
 
 
 @pytest.mark.slow
-def test_demo_completes_offline_from_scratch_within_budget(demo):
+def test_demo_completes_offline_with_the_model_cached_within_budget(demo):
     p = demo["p"]
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "building it once" in p.stdout  # the model cache was empty: the build is in the measured time
+    assert "default small model: cached" in p.stdout  # the demo's time is with the model cached
     assert (demo["home"] / "models" / BUILDER_VERSION / "config.json").is_file()
     assert demo["seconds"] < BUDGET_S, f"demo took {demo['seconds']:.0f} s ({demo['cpu_s']:.0f} s CPU), budget {BUDGET_S} s"
+    assert demo["build_s"] + demo["seconds"] < FROM_SCRATCH_BUDGET_S, (demo["build_s"], demo["seconds"])
+    assert re.search(r"^demo finished in \d+ s$", p.stdout, re.M)
     assert "Traceback" not in p.stderr
+
+
+SYNTHETIC_LINE = re.compile(r"^  synthetic iteration (\d+): \d+ s, held-out accuracy ([0-9.]+) \(n=(\d+), unpriced (\d+)\)", re.M)
+
+
+@pytest.mark.slow
+def test_demo_tells_the_story_synthetic_learning_then_the_real_table(demo):
+    out = demo["p"].stdout
+    curve = [(int(i), float(a), int(n), int(u)) for i, a, n, u in SYNTHETIC_LINE.findall(out)]
+    assert [c[0] for c in curve] == list(range(len(curve))) and len(curve) >= 2, out[:3000]
+    assert all(n >= 200 and u == 0 for _, _, n, u in curve)  # every held-out state priced, none dropped
+    assert curve[0][1] < 0.7  # from chance (the warmed-up model knows the format, not the rule) ...
+    assert curve[-1][1] >= 0.8  # ... to the target, printed per iteration
+    real = out[out.index("act 2, real data:"):]  # then the real data, as the evaluation table, the gate, and the meaning
+    for subject in ("baseline:random", "baseline:always_a", "baseline:momentum", f"base:hitchhiker-tiny@{BUILDER_VERSION}"):
+        assert subject in real
+    assert "promotion gate: " in real and re.search(r"^In plain words: .*interval.*promotion gate", real, re.M)
+    # the report's first screen shows both acts: the synthetic curve and the real table
+    top = Path(demo["printed"]["report"]).read_text().splitlines()[:30]
+    text = "\n".join(top)
+    assert "synthetic" in text and f"-> {curve[-1][1]:.2f} (iteration" in text
+    assert "| baseline:random |" in text and "In plain words" in text
+    assert (Path(demo["printed"]["report"]).parent / "synthetic_accuracy.png").stat().st_size > 1000
 
 
 @pytest.mark.slow

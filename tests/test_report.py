@@ -59,3 +59,20 @@ def test_report_writes_valid_pngs_linked_from_markdown(tmp_path):
         assert img.std() > 0  # something was drawn
     for name in ("ckpt-1", "base:hitchhiker-tiny", "baseline:random", "training ended 2016-12-30"):
         assert name in text
+
+
+def test_prepend_puts_a_front_page_with_its_figure_above_the_report(tmp_path):
+    path = report.write_report(tmp_path / "run", _input())
+    before = path.read_text()
+    history = [{"iteration": i, "accuracy": a} for i, a in enumerate([0.5, 0.5, 0.62, 0.91])]
+    fig = report.learning_curve_figure(history, target=0.8)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["held-out accuracy", "chance", "target 0.8"]
+    assert list(fig.axes[0].lines[0].get_ydata()) == [0.5, 0.5, 0.62, 0.91]
+    report.prepend(path, ["# Front", "", "![curve](curve.png)", ""], {"curve.png": fig})
+    text = path.read_text()
+    assert text.startswith("# Front\n") and text.endswith(before)
+    assert (path.parent / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_curve_is_labelled():
+    _check_axes(report.learning_curve_figure([{"iteration": 0, "accuracy": 0.5}]))
