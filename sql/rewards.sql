@@ -61,37 +61,35 @@ adjusted AS (
         open IS NULL AS open_imputed
     FROM prices
 ),
--- Each leg's entry and exit day, priced: the open of the entry day ('next_open') or its close (T, 'decision_close'),
--- and the close of the exit day.
-leg_ends AS MATERIALIZED (
-    SELECT
-        l.market_id,
-        l.is_a,
-        IF(getvariable('reward_entry') = 'next_open', p_in.open_adj, p_in.close_adj) AS entry_price,
-        p_out.close_adj AS exit_price,
-        getvariable('reward_entry') = 'next_open' AND p_in.open_imputed AS open_imputed
+-- Each leg's entry and exit day, one row each: the prices they need, looked up in one join.
+ends AS MATERIALIZED (
+    SELECT l.market_id, l.is_a, d.is_entry, l.ticker, IF(d.is_entry, l.entry_date, l.exit_date) AS date
     FROM (SELECT c.market_id, true AS is_a, m.ticker_a AS ticker, c.entry_date, c.exit_date
           FROM calendar AS c JOIN markets AS m USING (market_id)
           UNION ALL
           SELECT c.market_id, false, m.ticker_b, c.entry_date, c.exit_date
           FROM calendar AS c JOIN markets AS m USING (market_id)) AS l
-    JOIN adjusted AS p_in ON p_in.ticker = l.ticker AND p_in.date = l.entry_date
-    JOIN adjusted AS p_out ON p_out.ticker = l.ticker AND p_out.date = l.exit_date
+    CROSS JOIN (VALUES (true), (false)) AS d(is_entry)
 ),
+-- Entry prices are the open of the entry day ('next_open') or its close (T, 'decision_close'); exit prices the close
+-- of the exit day.
 legs AS MATERIALIZED (
     SELECT m.*, c.entry_date, c.exit_date, x.* EXCLUDE (market_id)
     FROM markets AS m
     JOIN calendar AS c USING (market_id)
     JOIN (
         SELECT
-            market_id,
-            any_value(entry_price) FILTER (WHERE is_a) AS entry_a,
-            any_value(entry_price) FILTER (WHERE NOT is_a) AS entry_b,
-            any_value(exit_price) FILTER (WHERE is_a) AS exit_a,
-            any_value(exit_price) FILTER (WHERE NOT is_a) AS exit_b,
-            bool_or(open_imputed) AS open_imputed
-        FROM leg_ends
-        GROUP BY market_id
+            e.market_id,
+            any_value(IF(getvariable('reward_entry') = 'next_open', p.open_adj, p.close_adj))
+                FILTER (WHERE e.is_a AND e.is_entry) AS entry_a,
+            any_value(IF(getvariable('reward_entry') = 'next_open', p.open_adj, p.close_adj))
+                FILTER (WHERE NOT e.is_a AND e.is_entry) AS entry_b,
+            any_value(p.close_adj) FILTER (WHERE e.is_a AND NOT e.is_entry) AS exit_a,
+            any_value(p.close_adj) FILTER (WHERE NOT e.is_a AND NOT e.is_entry) AS exit_b,
+            getvariable('reward_entry') = 'next_open' AND bool_or(p.open_imputed) FILTER (WHERE e.is_entry) AS open_imputed
+        FROM ends AS e
+        JOIN adjusted AS p ON p.ticker = e.ticker AND p.date = e.date
+        GROUP BY e.market_id
     ) AS x USING (market_id)
 ),
 -- Daily volatility for the risk penalty: sample std of the leg's close-to-close adjusted returns (per $1 per day)
