@@ -3,7 +3,7 @@ on both pools, and a gpu worker that cannot read the store: it runs as user `nob
 with its own home, while the store's folder is root's alone (mode 700). The daily pipeline (a backfill of five
 days) runs with `storage=s3://...`: rollouts land in the replay on S3, rewards are computed, the gpu pool trains
 from a batch in the bucket and commits checkpoints there, the orchestrator registers them with their lineage, and
-the gate evaluates a candidate.
+the gate evaluates a candidate. Sampling runs on the gpu pool too (state snapshots in the bucket).
 
 Also here: the trainer imports and runs where importing duckdb raises.
 """
@@ -138,7 +138,8 @@ def test_daily_runs_on_s3_with_a_gpu_worker_that_cannot_read_the_store(cluster):
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
 
     run = start("backfill/backfill", {"start": DAYS[0], "end": DAYS[1], "db": str(db_file), "storage": url,
-                                      "prices_csv": PRICES, "tickers": TICKERS, "retry_delay_s": 1, "options": OPTIONS})
+                                      "prices_csv": PRICES, "tickers": TICKERS, "retry_delay_s": 1,
+                                      "options": {**OPTIONS, "sample_deployment": "sample_snapshot/rollouts"}})
     logs = lambda: "".join((cluster["home"] / f"worker-{p}.log").read_text()[-3000:] for p in ("cpu", "gpu"))  # noqa: E731
     (done,) = wait_final([run.id], cluster["home"], timeout_s=1500)
     assert done.state.is_completed(), f"{done.state.message}\n{logs()}"
@@ -147,8 +148,11 @@ def test_daily_runs_on_s3_with_a_gpu_worker_that_cannot_read_the_store(cluster):
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 
         train_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"])))
+        sample_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["rollouts"])))
     assert train_runs and all(r.state.is_completed() and r.work_pool_name == "gpu" for r in train_runs), \
         [(r.name, r.state.name, r.work_pool_name) for r in train_runs]
+    # every day's states were sampled on the gpu pool too, from a snapshot in the bucket
+    assert len(sample_runs) == 5 and all(r.state.is_completed() and r.work_pool_name == "gpu" for r in sample_runs)
 
     fs = s3fs.S3FileSystem()
     prefix = url.removeprefix("s3://")
