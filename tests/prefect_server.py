@@ -72,12 +72,14 @@ def prefect_server(home: Path, startup_timeout_s: float = 240):
 
 
 @contextmanager
-def process_worker(env: dict[str, str], pool: str, cwd: Path, log_path: Path):
-    """A `prefect worker start --pool POOL` subprocess (process type) running flows from `cwd`."""
+def process_worker(env: dict[str, str], pool: str, cwd: Path, log_path: Path, user: str | None = None):
+    """A `prefect worker start --pool POOL` subprocess (process type) running flows from `cwd` (as `user`: another
+    machine's worker, with that user's permissions and group `nogroup`)."""
+    as_user = {"user": user, "group": "nogroup", "extra_groups": []} if user else {}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
-            env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
         )
         try:
             yield proc

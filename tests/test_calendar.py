@@ -13,6 +13,7 @@ import pytest
 
 from hitchhiker import db, evaluate, loop, rewards
 from hitchhiker.evaluate import SplitError
+from price_helpers import insert_sp500_prices
 
 TICKERS = ["AAP", "ABBV", "ABC"]
 T = date(2016, 7, 12)  # decision date (Tuesday)
@@ -26,12 +27,7 @@ def store(shared_data, db_file):
     """Real prices of three tickers, a pairwise AAP/ABBV state decided on T (one-day horizon), a checkpoint trained on
     its group."""
     con = db.connect(db_file)
-    files = [str(shared_data / "prices" / "sp500_5yr" / f"{t}_data.csv") for t in TICKERS]
-    con.execute(
-        "INSERT INTO prices SELECT Name, date, open, high, low, close, NULL, volume, NULL, 'csv', now() "
-        "FROM read_csv(?, columns={'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', 'low': 'DOUBLE', "
-        "'close': 'DOUBLE', 'volume': 'BIGINT', 'Name': 'VARCHAR'}, header=true) "
-        "WHERE date BETWEEN DATE '2016-05-01' AND DATE '2016-08-31'", [files])
+    insert_sp500_prices(con, shared_data, TICKERS, "2016-05-01", "2016-08-31")
     _insert_state(con, "s-T", T, ["AAP", "ABBV"])
     con.execute("CREATE TABLE replay_table AS SELECT 'r-0' AS rollout_id, 'g-T' AS group_id, ?::DATE AS decision_date, "
                 "'s-T' AS state_id", [T])

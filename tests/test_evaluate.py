@@ -8,6 +8,7 @@ import pytest
 
 from hitchhiker import db, evaluate
 from hitchhiker.evaluate import EvalConfig, SplitError
+from price_helpers import insert_sp500_prices
 
 TICKERS = ["AAP", "ABBV", "ABC", "AAPL", "MSFT", "XOM"]
 COST_USD = 5.0 / 1e4  # the default spec's cost per leg
@@ -16,12 +17,7 @@ COST_USD = 5.0 / 1e4  # the default spec's cost per leg
 @pytest.fixture
 def store(shared_data, db_file):
     con = db.connect(db_file)
-    files = [str(shared_data / "prices" / "sp500_5yr" / f"{t}_data.csv") for t in TICKERS]
-    con.execute(
-        "INSERT INTO prices SELECT Name, date, open, high, low, close, NULL, volume, NULL, 'csv', now() "
-        "FROM read_csv(?, columns={'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', 'low': 'DOUBLE', "
-        "'close': 'DOUBLE', 'volume': 'BIGINT', 'Name': 'VARCHAR'}, header=true) "
-        "WHERE date BETWEEN DATE '2016-05-01' AND DATE '2016-12-31'", [files])
+    insert_sp500_prices(con, shared_data, TICKERS, "2016-05-01", "2016-12-31")
     yield con
     con.close()
 

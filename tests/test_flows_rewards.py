@@ -8,6 +8,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from hitchhiker import db, replay, rewards
+from price_helpers import insert_sp500_prices
 
 TICKERS = ["BMY", "ICE"]
 DAYS = [date(2015, 12, 22), date(2015, 12, 23), date(2015, 12, 24), date(2015, 12, 31)]
@@ -16,12 +17,7 @@ DAYS = [date(2015, 12, 22), date(2015, 12, 23), date(2015, 12, 24), date(2015, 1
 def _store(path: Path, shared: Path, last_price_day: date) -> None:
     """Prices up to last_price_day, one pairwise and one elementwise state per day, groups of 4 as Parquet files."""
     con = db.connect(path)
-    files = [str(shared / "prices" / "sp500_5yr" / f"{t}_data.csv") for t in TICKERS]
-    con.execute(
-        "INSERT INTO prices SELECT Name, date, open, high, low, close, NULL, volume, NULL, 'csv', now() "
-        "FROM read_csv($f, header = true, columns = {'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', "
-        "'low': 'DOUBLE', 'close': 'DOUBLE', 'volume': 'BIGINT', 'Name': 'VARCHAR'}) "
-        "WHERE date BETWEEN DATE '2015-11-01' AND $last", {"f": files, "last": last_price_day})
+    insert_sp500_prices(con, shared, TICKERS, "2015-11-01", last_price_day)
     root = replay.default_root(path)
     for day in DAYS:
         for mode, tickers in (("pairwise", TICKERS), ("elementwise", TICKERS[:1])):

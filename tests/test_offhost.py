@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from prefect_server import HITCHHIKER, PREFECT, prefect_server
+from prefect_server import HITCHHIKER, PREFECT, prefect_server, process_worker
 from s3_server import s3  # noqa: F401 (the module's S3 server)
 from test_flows_daily import PRICES, TICKERS
 from test_server import start, wait_final
@@ -93,36 +93,15 @@ def cluster(tmp_path_factory, s3):  # noqa: F811
         gpu_env.update(HOME=str(box), PREFECT_HOME=str(box / "prefect"), HITCHHIKER_HOME=str(box / "hitchhiker"),
                        HF_HOME=str(box / "hf"), XDG_CACHE_HOME=str(box / ".cache"), PYTHONDONTWRITEBYTECODE="1",
                        TMPDIR=str(box / "tmp"))  # Prefect's runner storage goes under the temp dir
-        workers = [
-            _worker(env, "cpu", home, home / "worker-cpu.log"),
-            _worker(gpu_env, "gpu", box, home / "worker-gpu.log", user=NOBODY),
-        ]
-        try:
-            from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
-            with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        try:
+            with process_worker(env, "cpu", home, home / "worker-cpu.log"), \
+                    process_worker(gpu_env, "gpu", box, home / "worker-gpu.log", user=NOBODY), \
+                    temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
                 yield {"env": env, "home": home, "store": store_dir, "box": box, "s3": s3}
         finally:
-            for w in workers:
-                _stop(w)
             shutil.rmtree(box, ignore_errors=True)
-
-
-def _worker(env: dict, pool: str, cwd: Path, log_path: Path, user: str | None = None) -> subprocess.Popen:
-    log = open(log_path, "w")
-    return subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", "process"], env=env, cwd=cwd,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, user=user,
-                            group="nogroup" if user else None, extra_groups=[] if user else None)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(10)
 
 
 def test_daily_runs_on_s3_with_a_gpu_worker_that_cannot_read_the_store(cluster):
@@ -145,7 +124,7 @@ def test_daily_runs_on_s3_with_a_gpu_worker_that_cannot_read_the_store(cluster):
     assert done.state.is_completed(), f"{done.state.message}\n{logs()}"
 
     with get_client(sync_client=True) as client:
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
         train_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["train"])))
         sample_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["rollouts"])))
