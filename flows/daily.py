@@ -292,7 +292,7 @@ def daily(
     pending = pending_work(db, replay_root, day, mode, style, eval_days)
     out["train"] = _train_stage(db, storage, day, model, checked["champion"], pending, train, min_new_groups, train_deployment,
                                 train_config, train_job_variables, train_timeout_s)
-    out["gate"] = _gate_stage(db, pending, mode, style, gate_margin, n_boot)
+    out["gate"] = _gate_stage(db, storage, pending, mode, style, gate_margin, n_boot)
     out["status"] = "done"
     _summary_artifact(out)
     if out["train"]["status"] == "failed":  # after the gate ran: the day's other work is stored, the run shows red
@@ -351,7 +351,8 @@ def _train_stage(db: str, storage: str | None, day: str, model: str | None, cham
                      "registered": registered}
 
 
-def _gate_stage(db: str, ready: dict, mode: str, style: str, gate_margin: float, n_boot: int) -> dict:
+def _gate_stage(db: str, storage: str | None, ready: dict, mode: str, style: str, gate_margin: float,
+                n_boot: int) -> dict:
     logger = get_run_logger()
     for note in ready["waiting"]:
         logger.info("gate: waiting: %s", note)
@@ -360,11 +361,12 @@ def _gate_stage(db: str, ready: dict, mode: str, style: str, gate_margin: float,
             logger.info("gate: no checkpoint waiting for evaluation")
         return {"status": "skipped", "waiting": len(ready["waiting"])}
     result = evaluate_flow(checkpoint=ready["candidate"], start=ready["start"], end=ready["end"], db=db, mode=mode,
-                           style=style, gate=True, gate_margin=gate_margin, n_boot=n_boot)
+                           style=style, gate=True, gate_margin=gate_margin, n_boot=n_boot, storage=storage)
     promoted = champion_now(db) == ready["candidate"]
     logger.info("gate: %s on %s..%s: %s", ready["candidate"], ready["start"], ready["end"], result["gate"])
     return {"status": "promoted" if promoted else "kept", "candidate": ready["candidate"], "window": [ready["start"], ready["end"]],
-            "report_path": result["report_path"], "reason": result["gate"], "waiting": len(ready["waiting"])}
+            "report_path": result["report_path"], "report_url": result["report_url"], "reason": result["gate"],
+            "waiting": len(ready["waiting"])}
 
 
 def _summary_artifact(out: dict) -> None:

@@ -49,14 +49,36 @@ def attach_artifacts(result: dict) -> str:
     return key
 
 
+@task
+def publish_report(report_path: str, reports_url: str) -> str:
+    """Copy the report's folder to <storage>/reports/<run> (committed by its manifest); returns its URL."""
+    from hitchhiker import storage
+
+    folder = Path(report_path).parent
+    url = storage.join(reports_url, folder.name)
+    storage.commit_dir(folder, url, {"report": Path(report_path).name})
+    return url
+
+
 @flow(name="evaluate")
 def evaluate_flow(checkpoint: str, start: str, end: str, db: str | None = None, mode: str = "pairwise",
                   style: str | None = None, gate: bool = False, gate_margin: float = 0.0, n_boot: int = 2000,
-                  reports_dir: str | None = None) -> dict:
-    """Evaluate `checkpoint` ('base' for the untrained model) on start..end; with gate=True, promote if it wins."""
+                  reports_dir: str | None = None, storage: str | None = None) -> dict:
+    """Evaluate `checkpoint` ('base' for the untrained model) on start..end; with gate=True, promote if it wins.
+    storage: the report folder goes to <storage>/reports (a folder URL: written there; object storage: written
+    beside the store, then published there)."""
+    from hitchhiker import storage as files
+
+    url = files.storage_url(storage)
+    if reports_dir is None and url is not None and files.is_local(url):
+        reports_dir = files.location(db, url, "reports")
     config = dict(mode=mode, style=style, gate_margin=gate_margin, n_boot=n_boot, reports_dir=reports_dir)
     result = run_evaluation(db, checkpoint, start, end, config, gate)
     attach_artifacts(result)
-    get_run_logger().info("evaluation %s: report %s%s", result["run_id"][:12], result["report_path"],
+    published = None
+    if url is not None and not files.is_local(url):
+        published = publish_report(result["report_path"], files.location(db, url, "reports"))
+    get_run_logger().info("evaluation %s: report %s%s%s", result["run_id"][:12], result["report_path"],
+                          f" (published to {published})" if published else "",
                           f"; gate: {result['gate']}" if result["gate"] else "")
-    return {k: result[k] for k in ("run_id", "report_path", "gate")}
+    return {k: result[k] for k in ("run_id", "report_path", "gate")} | {"report_url": published}

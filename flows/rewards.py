@@ -44,12 +44,15 @@ def attach_table(result: dict) -> str:
 @flow(name="compute_rewards")
 def compute_rewards(db: str | None = None, replay_root: str | None = None, horizon_days: int = 1,
                     entry: str = "next_open", pairwise: str = "long_short", cost_bps: float = 5.0,
-                    risk_lambda: float = 0.0, invalid_penalty_usd: float = 0.02) -> dict:
-    """Reward matured rollouts (idempotent: a re-run adds only newly matured ones); returns the counts."""
+                    risk_lambda: float = 0.0, invalid_penalty_usd: float = 0.02, storage: str | None = None) -> dict:
+    """Reward matured rollouts (idempotent: a re-run adds only newly matured ones); returns the counts.
+    The replay is replay_root, else <storage>/replay (hitchhiker.storage), else the folder beside the store."""
     spec = dict(horizon_days=horizon_days, entry=entry, pairwise=pairwise, cost_bps=cost_bps,
                 risk_lambda=risk_lambda, invalid_penalty_usd=invalid_penalty_usd)
     RewardSpec(**spec)  # a bad parameter fails the flow before it takes the store
-    result = compute(db, replay_root, spec)
+    from hitchhiker import replay
+
+    result = compute(db, replay_root or replay.root_for(db, storage), spec)
     key = attach_table(result)
     get_run_logger().info("rewards %s: %d rewarded, %d waiting, %s decision date(s) read (artifact %s)",
                           result["reward_spec"], result["inserted"], result["waiting"], result["dates_read"], key)

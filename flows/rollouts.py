@@ -74,14 +74,19 @@ def attach_summary(summary: dict, start: str, end: str) -> str:
 @flow(name="generate_rollouts")
 def generate_rollouts(start: str, end: str | None = None, db: str | None = None, model: str | None = None,
                       checkpoint: str | None = None, group_size: int = 8, mode: str | None = None,
-                      replay_root: str | None = None, max_states: int | None = None, seed: int = 0) -> dict:
+                      replay_root: str | None = None, max_states: int | None = None, seed: int = 0,
+                      storage: str | None = None) -> dict:
     """Groups for the states of [start, end] (end defaults to start) with none yet for the policy; idempotent.
+    The replay is replay_root, else <storage>/replay, else the folder beside the store.
 
     checkpoint: a checkpoint folder or a checkpoint_id from the `checkpoints` table (None: the base model);
     mode: 'pairwise' or 'elementwise' (None: both); max_states: at most this many new groups in this run.
     """
+    from hitchhiker import replay
+
     end = end or start
-    summary = sample_groups(db, start, end, model, checkpoint, group_size, mode, replay_root, max_states, seed)
+    summary = sample_groups(db, start, end, model, checkpoint, group_size, mode,
+                            replay_root or replay.root_for(db, storage), max_states, seed)
     key = attach_summary(summary, start, end)
     get_run_logger().info("rollouts %s..%s by %s: %d groups written, %d already there, valid rate %s, %.0f tokens/s "
                           "(artifact %s)", start, end, summary["policy_version"], summary["groups_written"],

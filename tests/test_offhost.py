@@ -157,6 +157,8 @@ def test_daily_runs_on_s3_with_a_gpu_worker_that_cannot_read_the_store(cluster):
     fetched = list((cluster["box"] / "hitchhiker" / "fetched").iterdir())
     assert fetched and all(p.owner() == NOBODY for p in fetched)
     assert promotions, "the gate evaluated no candidate"
+    reports = fs.glob(f"{prefix}/reports/*/MANIFEST.json")  # the gate's report, published to the bucket
+    assert len(reports) == len(promotions), reports
     assert {c for c, _ in promotions} <= {c for c, _, _, _ in ckpts}
     cluster["s3_run"] = {"db": db_file, "checkpoints": ckpts}
 
