@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 
 from hitchhiker import contract
+from hitchhiker.storage import hitchhiker_home
 
 # Bump when anything below changes what the default model is: the cache is keyed by it.
 BUILDER_VERSION = "tiny-llama-v3"
@@ -38,10 +39,6 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
-
-def hitchhiker_home() -> Path:
-    """Where built models are cached: $HITCHHIKER_HOME, else ~/.cache/hitchhiker."""
-    return Path(os.environ.get("HITCHHIKER_HOME") or Path.home() / ".cache" / "hitchhiker")
 
 
 def default_model_cached() -> bool:

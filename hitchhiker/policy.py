@@ -68,6 +68,11 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     return tok
 
 
+def base_version(model: str | None = None) -> str:
+    """The policy_version of an untrained model: `base:<hub id or path>`, or the default small model's versioned name."""
+    return f"base:{model or DEFAULT_MODEL_NAME + '@' + BUILDER_VERSION}"
+
+
 def load_policy(config: PolicyConfig = PolicyConfig()) -> Policy:
     """Load the model (and checkpoint) on the configured device and dtype, in eval mode.
 
@@ -88,7 +93,7 @@ def load_policy(config: PolicyConfig = PolicyConfig()) -> Policy:
     if ckpt is None:
         base = config.model or str(default_model_path())
         model, tokenizer = _from_pretrained(base, dtype), load_tokenizer(base)
-        version = f"base:{config.model or DEFAULT_MODEL_NAME + '@' + BUILDER_VERSION}"
+        version = base_version(config.model)
         model_path, adapter_path = base, None
     elif not ckpt.is_dir():
         raise FileNotFoundError(f"checkpoint {ckpt} is not a directory")

@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hitchhiker import rollouts, storage
-from hitchhiker.default_model import BUILDER_VERSION, DEFAULT_MODEL_NAME
-from hitchhiker.policy import CHECKPOINT_META, PolicyConfig, load_policy
+from hitchhiker.policy import CHECKPOINT_META, PolicyConfig, base_version, load_policy
 from hitchhiker.rollouts import SamplingConfig, State
 
 KIND = "state-snapshot"
@@ -45,7 +44,7 @@ def policy_version(model: str | None = None, checkpoint: str | None = None, chec
     """The policy_version `policy.load_policy` gives this policy, without loading it: the checkpoint id (given, else
     the checkpoint folder's metadata, else its name), or `base:<model>` without a checkpoint."""
     if not checkpoint:
-        return f"base:{model or DEFAULT_MODEL_NAME + '@' + BUILDER_VERSION}"
+        return base_version(model)
     if checkpoint_id:
         return checkpoint_id
     meta = storage.join(checkpoint, CHECKPOINT_META)

@@ -41,6 +41,11 @@ def beside(path: str | os.PathLike | None, name: str) -> Path:
     return p.parent / f"{p.stem}_{name}"
 
 
+def hitchhiker_home() -> Path:
+    """The machine's own cache (built models, fetched results): $HITCHHIKER_HOME, else ~/.cache/hitchhiker."""
+    return Path(os.environ.get("HITCHHIKER_HOME") or Path.home() / ".cache" / "hitchhiker")
+
+
 def storage_url(storage: str | None = None) -> str | None:
     """The storage URL: the argument, else $HITCHHIKER_STORAGE, else None (the folders beside the store)."""
     url = storage or os.environ.get(ENV) or None
@@ -245,7 +250,7 @@ def fetch_dir(url: str | os.PathLike, cache_root: str | os.PathLike | None = Non
         return Path(_local(url))
     body = read_bytes(join(url, MANIFEST))
     manifest = json.loads(body)
-    root = Path(cache_root or Path(os.environ.get("HITCHHIKER_HOME") or Path.home() / ".cache" / "hitchhiker") / "fetched")
+    root = Path(cache_root or hitchhiker_home() / "fetched")
     key = hashlib.sha256(str(url).encode() + body).hexdigest()[:24]
     final = root / f"{Path(str(url).rstrip('/')).name}-{key}"
     if final.is_dir():

@@ -138,9 +138,7 @@ def train_batch(
 def _default_logs(run_url: str, run_id: str) -> str:
     if storage.is_local(run_url):
         return storage.join(run_url, "tensorboard")
-    from hitchhiker.default_model import hitchhiker_home
-
-    return str(hitchhiker_home() / "runs" / run_id / "tensorboard")
+    return str(storage.hitchhiker_home() / "runs" / run_id / "tensorboard")
 
 
 def _accelerator(use_bf16: bool):
