@@ -78,7 +78,7 @@ def baseline_build(con, config: states.StatesConfig, days, tickers, tok) -> list
     news = con.execute(
         "SELECT ticker, published_at, title, news_id FROM news WHERE ticker IN (SELECT unnest(?::VARCHAR[]))", [tickers]
     ).df()
-    names = states._company_names(con, tickers) if config.anonymize else {}
+    names = states._company_names(con, tickers)
     by_ticker = {t: g.reset_index(drop=True) for t, g in prices.groupby("ticker")}
     news_by = {t: g for t, g in news.groupby("ticker")}
     drafts = []
@@ -108,7 +108,7 @@ def baseline_build(con, config: states.StatesConfig, days, tickers, tok) -> list
                 view, stamp = _stock_view(by_ticker[t], news_by.get(t), day, cutoff, config, order, names, i)
                 stocks.append(view)
                 stamps.append(stamp)
-            drafts.append(states._Draft(day, cutoff.to_pydatetime(), order, pair, stocks, stamps))
+            drafts.append(states._Draft(day, cutoff.to_pydatetime(), order, pair, stocks, stamps, [t in names for t in order]))
     drafts.sort(key=lambda d: (d.decision_date, d.pair))
     count = states._TokenCounter(tok)
     count.additive = False  # the plain way: tokenize each whole prompt

@@ -23,7 +23,7 @@ from hitchhiker import contract, db
 from hitchhiker.render import PromptSpec, StockView, anonymize, clean_headline, name_aliases, render_messages, shown_features
 
 # Bump when the rendering or the features change, so that new states get new ids instead of colliding.
-BUILDER_VERSION = "states-1"
+BUILDER_VERSION = "states-2"  # 2: names_known per ticker
 STYLES = ("full", "trend")
 ACTION_FORMATS = {contract.PAIRWISE: ("choice", "proportion"), contract.ELEMENTWISE: ("discrete", "numeric")}
 
@@ -92,12 +92,16 @@ def trading_days(con: duckdb.DuckDBPyConnection, start: date | str, end: date | 
     return [r[0] for r in rows]
 
 
-def set_company_names(con: duckdb.DuckDBPyConnection, names: dict[str, Iterable[str]]) -> int:
-    """Record the names companies go by in headlines ({ticker: [names]}), for anonymization; returns rows added."""
-    rows = [(t, " ".join(n.split())) for t, ns in names.items() for n in ns if n and n.strip()]
+def set_company_names(con: duckdb.DuckDBPyConnection, names: dict[str, Iterable[str]], source: str = "manual") -> int:
+    """Record the names companies go by in headlines ({ticker: [names]}), for anonymization; returns rows added.
+
+    A name already recorded for the ticker keeps its first source (the upsert adds, never rewrites)."""
+    now = datetime.now(timezone.utc)
+    rows = [(t.strip(), " ".join(n.split()), source, now) for t, ns in names.items() for n in ns if n and n.strip()]
     before = con.execute("SELECT count(*) FROM company_names").fetchone()[0]
     with db.transaction(con):
-        con.executemany("INSERT INTO company_names VALUES (?, ?) ON CONFLICT DO NOTHING", rows)
+        con.executemany("INSERT INTO company_names (ticker, name, source, ingested_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", rows)
     return con.execute("SELECT count(*) FROM company_names").fetchone()[0] - before
 
 
@@ -208,6 +212,7 @@ class _Draft:
     pair: str
     stocks: list[StockView]
     headline_times: list[list[datetime]]  # per stock, newest first, parallel to stocks[i].headlines
+    names_known: list[bool]  # per stock: a company name was recorded, so anonymization could scrub it
 
 
 def _drafts(con, config: StatesConfig, days: list[date], tickers: list[str]) -> list[_Draft]:
@@ -243,7 +248,7 @@ def _drafts(con, config: StatesConfig, days: list[date], tickers: list[str]) -> 
             combos = [(d, [a, b], pair) for d, a, b, pair in picks]
         else:
             combos = [(r[0], [r[1]], r[1]) for r in feats]
-        names = _company_names(con, tickers) if config.anonymize else {}
+        names = _company_names(con, tickers)
     finally:
         con.unregister("state_dates")
         con.unregister("state_tickers")
@@ -272,7 +277,7 @@ def _drafts(con, config: StatesConfig, days: list[date], tickers: list[str]) -> 
                 headlines=[(p.astimezone(tz).date(), x) for (p, _), x in zip(heads, texts)],
             ))
             stamps.append([p for p, _ in heads])
-        drafts.append(_Draft(d, when[d], order, pair, stocks, stamps))
+        drafts.append(_Draft(d, when[d], order, pair, stocks, stamps, [t in names for t in order]))
     return drafts
 
 
@@ -310,6 +315,7 @@ def _fit_and_hash(drafts: list[_Draft], config: StatesConfig, count: "_TokenCoun
             "horizon_days": config.horizon_days,
             "history_days": config.history_days,
             "anonymized": config.anonymize,
+            "names_known": d.names_known,
             # stored as these exact JSON texts, which are also what the id hashes
             "messages": json.dumps(messages, ensure_ascii=False),
             "features": json.dumps(shown_features(s, d.stocks, h), sort_keys=True),
@@ -330,7 +336,7 @@ def _fit_and_hash(drafts: list[_Draft], config: StatesConfig, count: "_TokenCoun
 # content) and created_at. Same content, same id: rebuilding is idempotent.
 _HASHED_SCALARS = (
     "builder_version", "decision_date", "decision_time", "mode", "style", "tickers", "pair", "action_format",
-    "horizon_days", "history_days", "anonymized",
+    "horizon_days", "history_days", "anonymized", "names_known",
 )
 
 
@@ -514,6 +520,7 @@ def _insert(con, rows: list[dict]) -> None:
         "messages": column("messages"),
         "features": column("features"),
         "anonymized": column("anonymized"),
+        "names_known": pa.array(column("names_known"), pa.list_(pa.bool_())),
         "placeholders": column("placeholders"),
         "prompt_tokens": pa.array(column("prompt_tokens"), pa.int32()),
         "builder_version": column("builder_version"),
