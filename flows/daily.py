@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_news, ingest_prices
+from flows.ingest import ingest_names, ingest_news, ingest_prices, unnamed_tickers
 from flows.rewards import compute_rewards
 from flows.rollouts import generate_rollouts, point_replay_view, snapshot_states
 from flows.slots import store_slot
@@ -65,8 +65,10 @@ def _backfill_run_name() -> str:
 
 
 def _ingest(first: str, last: str, db: str, demo: bool, prices_csv: str | None, tickers: list[str] | None,
-            feeds: list[str] | None, news_csv: str | None, retry_delay_s: float) -> dict:
-    """Prices and news up to `last`: the shipped demo files, given CSVs/feeds, or Yahoo (online) and feeds."""
+            feeds: list[str] | None, news_csv: str | None, retry_delay_s: float, names_csv: str | None = None) -> dict:
+    """Prices, news and company names up to `last`: the shipped demo files, given CSVs/feeds, or Yahoo (online) and
+    feeds. Names come from `names_csv` (the demo's shipped list) and, when prices come from Yahoo, from Yahoo for
+    tickers still unnamed; a ticker left without a name is logged (its states are marked, the gate refuses them)."""
     from hitchhiker import demo_data
 
     logger = get_run_logger()
@@ -75,6 +77,7 @@ def _ingest(first: str, last: str, db: str, demo: bool, prices_csv: str | None, 
         shipped = demo_data.paths()
         prices_csv = prices_csv or str(shipped["prices_dir"])
         feeds += [str(f) for f in shipped["feeds"]]
+        names_csv = names_csv or str(shipped["names"])
     if prices_csv:
         prices = ingest_prices(csv=prices_csv, db=db)
     else:  # Yahoo: from a few days before what is stored (or before `first`) to `last`, end exclusive
@@ -86,8 +89,16 @@ def _ingest(first: str, last: str, db: str, demo: bool, prices_csv: str | None, 
     else:
         logger.info("news: no feeds or headline CSV given; states use the news already stored")
         news = {"inserted": 0, "failed": 0}
+    if names_csv or not prices_csv:
+        named = ingest_names(tickers=tickers, csv=names_csv, db=db, retry_delay_s=retry_delay_s)
+    else:  # offline CSV prices and no names file: nothing to look names up in
+        named = {"added": 0, "missing": unnamed_tickers(db, tickers)}
+        if named["missing"]:
+            logger.warning("no company name for %s: pass names_csv (or run hitchhiker ingest names); their headlines "
+                           "cannot be fully anonymized", ", ".join(named["missing"]))
     return {"prices_inserted": prices["inserted"], "prices_updated": prices["updated"], "prices_failed": prices["failed"],
-            "news_inserted": news["inserted"], "news_failed": news["failed"]}
+            "news_inserted": news["inserted"], "news_failed": news["failed"], "names_added": named["added"],
+            "names_missing": len(named["missing"])}
 
 
 @task
@@ -225,6 +236,7 @@ def daily(
     tickers: list[str] | None = None,
     feeds: list[str] | None = None,
     news_csv: str | None = None,
+    names_csv: str | None = None,
     ingest: bool = True,
     mode: str = "pairwise",
     style: str = "full",
@@ -258,7 +270,7 @@ def daily(
     replay_root = files.location(db, storage, "replay")
     out: dict = {"date": day, "db": db, "storage": storage}
     if ingest:
-        out["ingest"] = _ingest(day, day, db, demo, prices_csv, tickers, feeds, news_csv, retry_delay_s)
+        out["ingest"] = _ingest(day, day, db, demo, prices_csv, tickers, feeds, news_csv, retry_delay_s, names_csv)
     checked = check_day(db, day)
     if not checked["trading_day"]:
         logger.info("skipping %s: %s", day, checked["reason"])
@@ -392,6 +404,7 @@ def backfill(
     tickers: list[str] | None = None,
     feeds: list[str] | None = None,
     news_csv: str | None = None,
+    names_csv: str | None = None,
     retry_delay_s: float = 10.0,
     options: dict | None = None,
 ) -> list[dict]:
@@ -409,10 +422,10 @@ def backfill(
     logger = get_run_logger()
     options = dict(options or {})
     clash = sorted(set(options) & {"date", "db", "storage", "ingest", "tickers", "demo", "prices_csv", "feeds", "news_csv",
-                                    "retry_delay_s"})
+                                    "names_csv", "retry_delay_s"})
     if clash:
         raise ValueError(f"options {clash} are backfill's own parameters (or set per day); pass them directly")
-    _ingest(first, last, db, demo, prices_csv, tickers, feeds, news_csv, retry_delay_s)
+    _ingest(first, last, db, demo, prices_csv, tickers, feeds, news_csv, retry_delay_s, names_csv)
     with store_slot():
         con = store.connect(db)
         try:

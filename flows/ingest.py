@@ -196,3 +196,72 @@ def ingest_news(feeds: list[str] | None = None, csv: str | None = None, db: str 
     create_table_artifact(table=rows, key="ingest-news", description=f"News ingested: {totals}")
     logger.info("news: %s", totals)
     return totals
+
+
+@task(retries=2, retry_delay_seconds=[10, 60])
+def fetch_names(tickers: list[str]) -> dict:
+    """Company names of `tickers` from Yahoo; {names, failed}. Raises (and is retried) only when every ticker failed
+    for a reason that may pass (network, rate limit); unknown symbols are reported, not retried."""
+    from hitchhiker import names
+
+    found, failed = names.yahoo_names(tickers)
+    if not found and failed and not all(names._permanent(why) for why in failed.values()):
+        raise RuntimeError(f"Yahoo returned no names for {sorted(failed)}: {next(iter(failed.values()))}")
+    return {"names": found, "failed": failed}
+
+
+@task
+def store_names(db_path: str | None, found: dict[str, list[str]] | None = None, path: str | None = None) -> dict:
+    """Record names (from Yahoo, or a names file) under the store slot; {added, missing: stored tickers still unnamed}."""
+    from hitchhiker import db, names
+
+    with store_slot():
+        con = db.connect(db_path)
+        try:
+            added = names.ingest_file(con, path) if path else names.store(con, found or {}, "yahoo")
+            return {"added": added, "missing": names.missing(con)}
+        finally:
+            con.close()
+
+
+@task
+def unnamed_tickers(db_path: str | None, tickers: list[str] | None) -> list[str]:
+    """The tickers (default: every stored one) with no recorded company name."""
+    from hitchhiker import db, names
+
+    with store_slot():
+        con = db.connect(db_path)
+        try:
+            return names.missing(con, tickers)
+        finally:
+            con.close()
+
+
+@flow(name="ingest_names")
+def ingest_names(tickers: list[str] | None = None, csv: str | None = None, db: str | None = None,
+                 retry_delay_s: float = 10.0) -> dict:
+    """Company names for anonymization: from a names file (`csv`: 'ticker,name[,alias...]' or SEC's
+    company_tickers.json), and from Yahoo for those of `tickers` (default: every stored ticker) still unnamed.
+    Returns {added, failed, missing}; the table artifact lists the tickers left without a name."""
+    logger = get_run_logger()
+    added, failed = 0, {}
+    if csv:
+        added += store_names(db, path=csv)["added"]
+    wanted = unnamed_tickers(db, tickers)
+    if wanted and not (csv and tickers is None):  # a file alone does not trigger Yahoo look-ups of the rest
+        fetch = fetch_names.with_options(retry_delay_seconds=[retry_delay_s, 6 * retry_delay_s])
+        state = fetch(wanted, return_state=True)
+        if state.is_failed():
+            failed = {t: str(state.message or state)[:300] for t in wanted}
+        else:
+            fetched = state.result()
+            failed = fetched["failed"]
+            added += store_names(db, found=fetched["names"])["added"]
+    missing = unnamed_tickers(db, tickers)
+    create_table_artifact(table=[{"ticker": t, "why": failed.get(t, "no name in the file")} for t in missing] or
+                          [{"ticker": "-", "why": "every ticker has a name"}], key="ingest-names",
+                          description=f"Company names: {added} added, {len(missing)} tickers without a name")
+    if missing:
+        logger.warning("no company name for %s: their headlines cannot be fully anonymized (hitchhiker ingest names)",
+                       ", ".join(missing))
+    return {"added": added, "failed": failed, "missing": missing}

@@ -86,6 +86,12 @@ def _add_ingest(sub, parent) -> None:
     pn.add_argument("--ticker", help="with --feed: the ticker these feeds are about (default: from a Yahoo "
                                      "feed's s= parameter, else market-wide)")
     pn.set_defaults(func=_cmd_ingest_news)
+    names = kinds.add_parser("names", parents=[parent], help="company names for anonymization, from Yahoo or a file")
+    src = names.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tickers", type=_csv_list, help="comma-separated symbols whose names to fetch from Yahoo")
+    src.add_argument("--missing", action="store_true", help="fetch from Yahoo every stored ticker that has no name")
+    src.add_argument("--csv", help="'ticker,name[,alias...]' CSV, or SEC's company_tickers.json")
+    names.set_defaults(func=_cmd_ingest_names)
 
 
 def _print_report(report) -> None:
@@ -134,6 +140,30 @@ def _cmd_ingest_news(args) -> int:
     _print_report(report)
     print(f"news table: {total[0]} items, {total[1]} tickers")
     return 1 if report.failed and len(report.failed) == len(args.feed or []) else 0
+
+
+def _cmd_ingest_names(args) -> int:
+    from hitchhiker import db, names
+
+    con = db.connect(args.db)
+    try:
+        failed = {}
+        if args.csv:
+            added = names.ingest_file(con, args.csv)
+        else:
+            tickers = args.tickers if args.tickers is not None else names.missing(con)
+            added, failed = names.ingest_yahoo(con, tickers) if tickers else (0, {})
+        still = names.missing(con)
+        total = con.execute("SELECT count(*), count(DISTINCT ticker) FROM company_names").fetchone()
+    finally:
+        con.close()
+    print(f"company names: {added} added; {total[0]} names of {total[1]} tickers stored")
+    for ticker, why in sorted(failed.items()):
+        print(f"  failed: {ticker}: {why}")
+    if still:
+        print(f"  no name yet for {len(still)} stored tickers ({', '.join(still[:20])}{', ...' if len(still) > 20 else ''}): "
+              f"their headlines cannot be fully anonymized")
+    return 1 if failed and not added else 0
 
 
 # --- states ----------------------------------------------------------------------------------------------

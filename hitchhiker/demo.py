@@ -28,21 +28,6 @@ from hitchhiker.db import StoreError
 
 MANIFEST = "demo.json"
 
-# Names the shipped tickers go by in headlines, so anonymization can replace them with "Stock A"/"Stock B".
-COMPANY_NAMES = {
-    "A": ["Agilent", "Agilent Technologies"],
-    "AAP": ["Advance Auto Parts"],
-    "AAPL": ["Apple"],
-    "ABBV": ["AbbVie"],
-    "ABC": ["AmerisourceBergen"],
-    "AMZN": ["Amazon", "Amazon.com"],
-    "JNJ": ["Johnson & Johnson", "J&J"],
-    "JPM": ["JPMorgan", "JPMorgan Chase", "J.P. Morgan"],
-    "MSFT": ["Microsoft"],
-    "XOM": ["Exxon", "Exxon Mobil", "ExxonMobil"],
-}
-
-
 @dataclass
 class DemoConfig:
     """Dates and sizes picked so that the demo fits 3 min on 2 cores with the default model cached."""
@@ -136,7 +121,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
 
 
 def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> DemoResult:
-    from hitchhiker import demo_data, evaluate, news, prices, report, states
+    from hitchhiker import demo_data, evaluate, names, news, prices, report, states
     from hitchhiker.loop import LoopConfig, run_loop
     from hitchhiker.default_model import default_model_cached, default_model_path
 
@@ -161,7 +146,7 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
         headlines = demo_data.shared_news_csv()  # not shipped (licence not stated): used only beside a checkout
         if headlines is not None:
             log(news.ingest_csv(con, headlines).summary())
-        states.set_company_names(con, COMPANY_NAMES)
+        log(f"company names: {names.ingest_file(con, shipped['names'])} recorded from {shipped['names'].name}")
         seconds["ingest"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -9,11 +9,12 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 def paths() -> dict[str, object]:
     """The shipped files: 'prices' (list of sp500_5yr-format .csv.gz), 'prices_dir', 'feeds' (SEC RSS/Atom
-    files), 'provenance'."""
+    files), 'names' (company names of the shipped tickers, `ticker,name[,alias...]`), 'provenance'."""
     return {
         "prices": sorted((DATA_DIR / "prices").glob("*_data.csv.gz")),
         "prices_dir": DATA_DIR / "prices",
         "feeds": sorted(p for p in (DATA_DIR / "feeds").iterdir() if p.suffix in (".xml", ".rss")),
+        "names": DATA_DIR / "company_names.csv",
         "provenance": DATA_DIR / "PROVENANCE.md",
     }
 
