@@ -1,0 +1,44 @@
+"""`hitchhiker eval` (and the look-ahead audit): evaluation commands, beside cli.py to keep each file one idea."""
+from __future__ import annotations
+
+
+# --- eval ------------------------------------------------------------------------------------------------
+
+def add_eval(sub, parent) -> None:
+    p = sub.add_parser("eval", parents=[parent], help="evaluate a checkpoint against the base model and baselines")
+    p.add_argument("--checkpoint", required=True, help="checkpoint id, or 'base' for the untrained model")
+    p.add_argument("--start", required=True, help="first decision date (YYYY-MM-DD)")
+    p.add_argument("--end", required=True, help="last decision date (YYYY-MM-DD)")
+    p.add_argument("--mode", default="pairwise", choices=["pairwise", "elementwise"])
+    p.add_argument("--style", default=None, choices=["full", "trend"], help="only states of this rendering")
+    p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--gate", action="store_true", help="run the promotion gate against the current champion")
+    p.add_argument("--margin", type=float, default=0.0, help="gate: required lead in mean reward_usd")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from hitchhiker import db, evaluate, report
+
+    config = evaluate.EvalConfig(mode=args.mode, style=args.style, model=args.model, n_boot=args.n_boot,
+                                 gate_margin=args.margin)
+    con = db.connect(args.db)
+    try:
+        if args.gate:
+            run, decision = evaluate.promotion_gate(con, args.checkpoint, args.start, args.end, config)
+        else:
+            run, decision = evaluate.evaluate(con, args.checkpoint, args.start, args.end, config), None
+    finally:
+        con.close()
+    rows = [report.TABLE_COLUMNS] + report.table_rows(run.results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"{run.candidate}: {run.window[0]} .. {run.window[1]}, {run.n_states} {args.mode} states")
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    if decision is not None:
+        print(f"gate: {decision.reason}")
+    print(f"report: {run.report_path}")
+    return 0
