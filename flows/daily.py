@@ -14,8 +14,8 @@ Training runs as the `train/train` deployment (gpu work pool) through `run_deplo
 this flow wrote to storage (the store slot is held for seconds, not for the training), waited on with a timeout; a
 run that outlives the timeout keeps going, and a later daily run registers and evaluates its checkpoints. With a
 `storage` URL (s3://...) the gpu machine needs nothing but the bucket; `sample_deployment` samples there too. The candidate is
-gated on the first `eval_days` decision dates after the exit of every reward it (or the champion) trained on,
-once their own rewards have matured: in live use, days after the training.
+gated on the first `eval_days` decision dates (default 20, the gate's minimum) after the exit of every reward it (or
+the champion) trained on, once their own rewards have matured: in live use, days after the training.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def _ingest(first: str, last: str, db: str, demo: bool, prices_csv: str | None, 
 def check_day(db_path: str, day: str) -> dict:
     """Whether `day` has prices (a trading day with data; else why not), and the champion that samples it."""
     from hitchhiker import db
-    from hitchhiker.evaluate import champion
+    from hitchhiker.gate import champion
 
     with store_slot():
         con = db.connect(db_path)
@@ -177,7 +177,8 @@ def pending_work(db_path: str, replay_root: str, day: str, mode: str, style: str
     Reading the gate's candidate before today's training is safe: a checkpoint trained today cannot have matured
     out-of-sample days yet. First, checkpoints that runs committed while no daily run waited are registered."""
     from hitchhiker import db, registry, replay, rewards
-    from hitchhiker.evaluate import SplitError, champion, training_cutoff
+    from hitchhiker.evaluate import SplitError, training_cutoff
+    from hitchhiker.gate import champion
     from hitchhiker.batches import default_reward_spec
 
     out = {"candidate": None, "waiting": []}
@@ -213,7 +214,7 @@ def pending_work(db_path: str, replay_root: str, day: str, mode: str, style: str
 @task
 def champion_now(db_path: str) -> str | None:
     from hitchhiker import db
-    from hitchhiker.evaluate import champion
+    from hitchhiker.gate import champion
 
     with store_slot():
         con = db.connect(db_path)
@@ -252,7 +253,7 @@ def daily(
     train_config: dict | None = None,
     train_job_variables: dict | None = None,
     train_timeout_s: float = 7200,
-    eval_days: int = 5,
+    eval_days: int = 20,
     gate_margin: float = 0.0,
     n_boot: int = 2000,
     retry_delay_s: float = 10.0,
@@ -265,6 +266,11 @@ def daily(
     day = _day(date)
     if eval_days < 2:
         raise ValueError(f"eval_days must be >= 2 (the gate compares daily results), got {eval_days}")
+    from hitchhiker.evaluate import EvalConfig
+
+    if eval_days < EvalConfig.min_gate_dates:  # the gate refuses such a window (logged in `promotions`), never promotes
+        logger.warning("eval_days=%d is below the %d decision dates the promotion gate needs: every candidate will be "
+                       "evaluated and refused, not promoted", eval_days, EvalConfig.min_gate_dates)
     db = str(store.db_path(db).resolve())  # workers on other machines and subprocesses need the same file
     storage = files.storage_url(storage)
     replay_root = files.location(db, storage, "replay")

@@ -18,13 +18,14 @@ from hitchhiker.evaluate import EvalConfig
 def run_evaluation(db_path: str | None, checkpoint: str, start: str, end: str, config: dict, gate: bool) -> dict:
     """Evaluate (and gate) under the store's writer slot; returns the run id, report path and metric rows."""
     from hitchhiker import db, evaluate
+    from hitchhiker.gate import promotion_gate
 
     cfg = EvalConfig(**config)
     with store_slot():
         con = db.connect(db_path)
         try:
             if gate:
-                run, decision = evaluate.promotion_gate(con, checkpoint, start, end, cfg)
+                run, decision = promotion_gate(con, checkpoint, start, end, cfg)
                 verdict = decision.reason
             else:
                 run, verdict = evaluate.evaluate(con, checkpoint, start, end, cfg), None

@@ -19,14 +19,14 @@ def add_eval(sub, parent) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from hitchhiker import db, evaluate, report
+    from hitchhiker import db, evaluate, gate, report
 
     config = evaluate.EvalConfig(mode=args.mode, style=args.style, model=args.model, n_boot=args.n_boot,
                                  gate_margin=args.margin)
     con = db.connect(args.db)
     try:
         if args.gate:
-            run, decision = evaluate.promotion_gate(con, args.checkpoint, args.start, args.end, config)
+            run, decision = gate.promotion_gate(con, args.checkpoint, args.start, args.end, config)
         else:
             run, decision = evaluate.evaluate(con, args.checkpoint, args.start, args.end, config), None
     finally:

@@ -122,6 +122,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
 
 def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> DemoResult:
     from hitchhiker import demo_data, evaluate, names, news, prices, report, states
+    from hitchhiker.gate import promotion_gate
     from hitchhiker.loop import LoopConfig, run_loop
     from hitchhiker.default_model import default_model_cached, default_model_path
 
@@ -165,9 +166,9 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
 
         t = time.perf_counter()
         log(f"evaluating {res.checkpoint_id} against the base model and the baselines, then the promotion gate ...")
-        run, gate = evaluate.promotion_gate(con, res.checkpoint_id, config.eval_start, config.eval_end,
-                                            evaluate.EvalConfig(style=cfg.states.style, n_boot=config.n_boot,
-                                                                seed=config.seed, reports_dir=str(p["reports"])))
+        run, gate = promotion_gate(con, res.checkpoint_id, config.eval_start, config.eval_end,
+                                   evaluate.EvalConfig(style=cfg.states.style, n_boot=config.n_boot,
+                                                       seed=config.seed, reports_dir=str(p["reports"])))
         seconds["evaluate"] = time.perf_counter() - t
         counts = {name: con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in (
             "prices", "news", "states", "replay", "rewards", "advantages", "checkpoints", "evaluations", "promotions")}

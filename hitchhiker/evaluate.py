@@ -1,4 +1,4 @@
-"""Out-of-sample evaluation of a checkpoint against the base model and rule baselines, and the promotion gate.
+"""Out-of-sample evaluation of a checkpoint against the base model and rule baselines (the gate: hitchhiker/gate.py).
 
 One evaluation run = one candidate (a checkpoint or the base model), a window of decision dates, and the states
 of that window: the candidate decides greedily, the base model and every baseline decide on the very same
@@ -47,6 +47,9 @@ class EvalConfig:
     reports_dir: str | None = None  # default: '<db stem>_reports' beside the database
     gate_metric: str = "mean_reward_usd"  # or 'accuracy'
     gate_margin: float = 0.0  # required lead over the champion, in the metric's unit
+    gate_alpha: float = 0.025  # one-sided level of the gate's t-test over dates (hitchhiker.gate.decide)
+    min_gate_dates: int = 20  # the gate refuses to decide on fewer scored decision dates
+    max_unanonymized_share: float = 0.0  # the gate refuses a window with more decisions whose headlines named a stock
 
 
 @dataclass
@@ -61,6 +64,8 @@ class EvalRun:
     kinds: dict[str, str] = field(default_factory=dict)  # subject -> 'checkpoint' | 'base' | 'baseline'
     n_boot: int = 2000
     seed: int = 0
+    # share of the candidate's scored decisions whose headlines could not be fully anonymized (`unanonymized`)
+    unanonymized_share: float | None = None
 
 
 # --- walk-forward split -------------------------------------------------------------------------------------------
@@ -116,11 +121,19 @@ def check_split(con: duckdb.DuckDBPyConnection, checkpoint_id: str, start: date 
 
 # --- states and decisions -----------------------------------------------------------------------------------------
 
+# An anonymized state whose headlines could not be fully anonymized: for some stock i (feature key 'A', 'B', ...)
+# headlines were shown and no company name was recorded (names_known[i] false, or names_known NULL on states built
+# before names were tracked), so only its ticker symbol was scrubbed from them and they may still name the company.
+UNANONYMIZED_SQL = """coalesce(anonymized AND list_bool_or(list_transform(range(1, len(tickers) + 1), lambda i:
+    coalesce(TRY_CAST(json_extract(features, '$.' || chr(CAST(64 + i AS INTEGER)) || '.headlines') AS INTEGER), 0) > 0
+    AND NOT coalesce(names_known[i], false))), false)"""
+
+
 def load_states(con: duckdb.DuckDBPyConnection, start, end, mode: str, style: str | None = None) -> pd.DataFrame:
-    """The states of the window, ordered; a clear error if there are none."""
+    """The states of the window, ordered, with `unanonymized` (UNANONYMIZED_SQL); a clear error if there are none."""
     df = con.execute(
         "SELECT state_id, decision_date, mode, tickers, pair, action_format, horizon_days, history_days, "
-        "messages, features, placeholders FROM states "
+        f"messages, features, placeholders, {UNANONYMIZED_SQL} AS unanonymized FROM states "
         "WHERE decision_date BETWEEN ? AND ? AND mode = ? AND (? IS NULL OR style = ?) "
         "ORDER BY decision_date, pair, state_id",
         [as_date(start), as_date(end), mode, style, style]).df()
@@ -294,6 +307,9 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
     for subject, f in everything.groupby("subject", sort=False):
         summary, g, daily, dec = _score(f, config, cf, state_by_id, ret_by_id, universe, kinds[subject] != "baseline")
         summary["n_unscored"] = int(unscored.get(subject, 0))  # no exit price (yet): left out of every metric
+        hidden = state_by_id["unanonymized"].reindex(f["state_id"].dropna())
+        summary["n_unanonymized"] = int(hidden.sum())  # decisions whose headlines may have named the company
+        summary["unanonymized_share"] = float(hidden.mean()) if len(hidden) else None
         run.summaries[subject], run.daily[subject] = summary, daily
         results.append(report.SubjectResult(subject, summary, [str(d) for d in daily.index], daily["reward"].tolist(), g))
         eval_id = hashlib.sha256(f"{run_id}:{subject}".encode()).hexdigest()[:24]
@@ -304,10 +320,12 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
     order = [candidate_name] + [s for s in run.summaries if s != candidate_name]
     results.sort(key=lambda r: order.index(r.subject))
     run.results = results
+    run.unanonymized_share = run.summaries[candidate_name]["unanonymized_share"]
     run_dir = _reports_dir(con, config) / run_id[:16]
     run.report_path = report.write_report(run_dir, report.ReportInput(
         f"Evaluation of {candidate_name}", candidate_name, run.window, config.mode, spec_name, len(states), results,
         split_note="; ".join(notes) or "untrained base model: no training dates to check",
+        anonymization_note=_anonymization_note(run.summaries[candidate_name]),
         training_rewards=training_rewards(con, candidate_name, spec_name) if kinds[candidate_name] == "checkpoint" else []))
     _store(con, run_id, rows, pd.concat(decision_rows, ignore_index=True), run.report_path)
     return run
@@ -357,6 +375,15 @@ def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, univ
     })
     dec["state_id"] = dec["state_id"].fillna(pd.Series([f"{d}:{p}" for d, p in zip(dec["decision_date"], dec["pair"])]))
     return summary, g, daily, dec
+
+
+def _anonymization_note(summary: dict) -> str:
+    n, share = summary["n_unanonymized"], summary["unanonymized_share"]
+    if not n:
+        return "every decision's headlines were anonymized (or none were shown)"
+    return (f"{n} of {summary['n_decisions']} decisions ({share:.1%}) showed headlines that could not be fully "
+            "anonymized (no company name recorded for that stock): record the names with `hitchhiker ingest names` "
+            "and rebuild the states; the promotion gate refuses such a window")
 
 
 def _prompt_text(messages_json: str) -> str:
@@ -423,73 +450,3 @@ def _clean(x):
     if isinstance(x, (date, datetime)):
         return str(x)
     return x
-
-
-# --- promotion gate -----------------------------------------------------------------------------------------------
-
-@dataclass
-class GateDecision:
-    candidate: str
-    champion_before: str | None
-    promoted: bool
-    difference: float
-    difference_ci: tuple[float, float]
-    reason: str
-
-
-def paired_difference(run: EvalRun, subject: str, other: str, metric: str = "mean_reward_usd") -> tuple[float, float, float]:
-    """(mean daily difference subject - other, 95 % block-bootstrap low, high) of one run's daily series.
-
-    metric: 'mean_reward_usd' (daily mean reward) or 'accuracy' (daily share of better picks). Both subjects decided
-    on the same states, so the days pair up; an interval above zero means `subject` beats `other` on this window.
-    """
-    if metric not in ("mean_reward_usd", "accuracy"):
-        raise ValueError(f"metric {metric!r} is not 'mean_reward_usd' or 'accuracy'")
-    column = "reward" if metric == "mean_reward_usd" else "picked"
-    both = run.daily[subject][[column]].merge(run.daily[other][[column]], left_index=True, right_index=True,
-                                              suffixes=("", "_other")).dropna()
-    if len(both) < 2:
-        raise ValueError(f"{subject} and {other} share {len(both)} scored dates: too few to compare")
-    a, b = both[column].to_numpy(), both[f"{column}_other"].to_numpy()
-    lo, hi = metrics.paired_difference_ci(a, b, n_boot=run.n_boot, seed=run.seed)
-    return float(np.mean(a - b)), lo, hi
-
-
-def champion(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The checkpoint the daily flow samples with: the latest promoted language-model candidate, or None (use the base
-    model). A promoted Beta position head is a champion of its own kind, not a model the sampler can load."""
-    try:
-        rows = con.execute(
-            "SELECT p.candidate FROM promotions AS p LEFT JOIN checkpoints AS c ON c.checkpoint_id = p.candidate "
-            "WHERE p.promoted AND coalesce(c.algorithm, '') <> 'beta-head' ORDER BY p.decided_at DESC LIMIT 1"
-        ).fetchall()
-    except duckdb.CatalogException:  # store not migrated to 006 yet
-        return None
-    return rows[0][0] if rows else None
-
-
-def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),
-                   spec=None, policies: dict | None = None) -> tuple[EvalRun, GateDecision]:
-    """Evaluate `candidate` against the champion (or the base model when there is none) on the validation window;
-    promote it only if its lead in `config.gate_metric` is at least `config.gate_margin` and the block-bootstrap
-    interval of the paired daily difference excludes zero. Every decision is logged in `promotions`."""
-    if config.gate_metric not in ("mean_reward_usd", "accuracy"):
-        raise ValueError(f"gate metric {config.gate_metric!r} is not 'mean_reward_usd' or 'accuracy'")
-    current = champion(con)
-    if current == candidate:
-        raise ValueError(f"checkpoint {candidate} is already the champion")
-    run = evaluate(con, candidate, start, end, config, spec, compare_with=(current,) if current else (), policies=policies)
-    against = current or next(s for s, k in run.kinds.items() if k == "base")
-    difference, lo, hi = paired_difference(run, run.candidate, against, config.gate_metric)
-    promoted = difference >= config.gate_margin and lo > 0
-    reason = (f"{config.gate_metric} {difference:+.5f} vs {against} (95% CI [{lo:+.5f}, {hi:+.5f}], "
-              f"margin {config.gate_margin}): " + ("promoted" if promoted else
-                                                    "kept, not promoted: " + ("lead below the margin" if difference < config.gate_margin
-                                                                              else "interval includes zero")))
-    with db.transaction(con):
-        con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [datetime.now(timezone.utc), run.candidate, current, promoted, config.gate_metric, config.gate_margin,
-                     difference, lo, hi, run.run_id, reason])
-    with open(run.report_path, "a") as f:  # the report was written before the verdict existed
-        f.write(f"\n## Promotion gate\n\n{reason}\n")
-    return run, GateDecision(run.candidate, current, promoted, difference, (lo, hi), reason)

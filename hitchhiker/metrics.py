@@ -6,6 +6,8 @@ Everything here is pure numpy over plain arrays so that each definition can be c
   equally over the day's decisions. Sharpe and drawdown are computed on that daily series.
 - Confidence intervals come from a circular block bootstrap over decision dates: decisions of one date share
   the market, and nearby dates are autocorrelated, so resampling single decisions would be over-confident.
+- p-values are clustered by date the same way: a t-test over one value per date (`t_test_p_greater`), never a
+  binomial test over decisions, which would count a day's 20 correlated answers as 20 independent ones.
 """
 from __future__ import annotations
 
@@ -185,7 +187,10 @@ def paired_difference_ci(a_daily: Sequence[float], b_daily: Sequence[float], **k
 
 
 def binomial_p_greater(successes: int, trials: int, p: float = 0.5) -> float:
-    """Exact one-sided binomial p-value P(X >= successes) for X ~ Bin(trials, p)."""
+    """Exact one-sided binomial p-value P(X >= successes) for X ~ Bin(trials, p).
+
+    Valid only for independent trials: decisions of one date share the market (and a policy's mood), so for a
+    window of decisions use `t_test_p_greater` over dates instead."""
     if not 0 <= successes <= trials:
         raise ValueError(f"successes={successes} outside [0, trials={trials}]")
     if successes == 0:
@@ -200,6 +205,71 @@ def binomial_p_greater(successes: int, trials: int, p: float = 0.5) -> float:
     return float(min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs)))
 
 
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes' betacf)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for aa in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def regularized_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function (the CDF of Beta(a, b) at x)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_continued_fraction(a, b, x) / a
+    return 1.0 - front * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def student_t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with df degrees of freedom (no scipy: through the incomplete beta function)."""
+    if math.isnan(t):
+        return float("nan")
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    tail = 0.5 * regularized_beta(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|), accurate far into the tail
+    return tail if t >= 0 else 1.0 - tail
+
+
+def t_test_p_greater(values: Sequence[float], null: float = 0.0) -> float:
+    """One-sided one-sample t-test: p-value of mean(values) > null, with len(values) - 1 degrees of freedom.
+
+    Give it one value per decision date (the day's mean reward, the day's accuracy, the day's paired difference):
+    the decisions of one date are one cluster, so the test counts dates, not decisions. NaN with fewer than 2
+    values; with no spread at all, 0 if every value is above `null` and 1 otherwise."""
+    x = np.asarray(values, float) - null
+    if x.size < 2:
+        return float("nan")
+    sd = x.std(ddof=1)
+    if sd == 0 or not np.isfinite(sd):
+        return 0.0 if x.mean() > 0 else 1.0
+    return student_t_sf(float(x.mean() / (sd / math.sqrt(x.size))), x.size - 1)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of a proportion successes/trials."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"successes={successes}, trials={trials}: need 0 <= successes <= trials, trials > 0")
+    p, n = successes / trials, trials
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarize(decision_dates: Sequence, reward_usd: Sequence[float], valid: Sequence[bool], actions: Sequence,
               picked_better: Sequence[float] | None = None, keys: Sequence | None = None,
               exposure: Sequence[float] | None = None, n_boot: int = 2000, seed: int = 0,
@@ -207,6 +277,8 @@ def summarize(decision_dates: Sequence, reward_usd: Sequence[float], valid: Sequ
     """Every metric of one policy on one window, with block-bootstrap CIs over dates; JSON-ready.
 
     picked_better: per decision 1 (chose the better stock), 0, or 0.5 (tie); None for elementwise.
+    accuracy_p_value_by_date: one-sided t-test that the mean daily accuracy is above 0.5, one value per date (the
+    day's decisions are one cluster); no binomial p-value over decisions, which would count them as independent.
     """
     dates = np.asarray(decision_dates)
     r = np.asarray(reward_usd, float)
@@ -232,13 +304,12 @@ def summarize(decision_dates: Sequence, reward_usd: Sequence[float], valid: Sequ
         "action_fractions": dist.fractions,
         "collapsed": dist.collapsed,
         "turnover": turnover(keys, dates, exposure) if keys is not None and exposure is not None else None,
-        "accuracy": None, "accuracy_ci": None, "accuracy_p_value": None,
+        "accuracy": None, "accuracy_ci": None, "accuracy_p_value_by_date": None,
     }
     if picked_better is not None:
         pb = np.asarray(picked_better, float)
         correct_day = np.bincount(inverse, weights=pb, minlength=len(day))
         out["accuracy"] = float(pb.mean())
         out["accuracy_ci"] = list(ratio_ci(correct_day, n_day, **kw))
-        # Ties count half in accuracy; the exact test counts only strict wins against chance.
-        out["accuracy_p_value"] = binomial_p_greater(int(np.sum(pb == 1.0)), int(np.sum(pb != 0.5)) or 0)
+        out["accuracy_p_value_by_date"] = t_test_p_greater(correct_day / n_day, 0.5)
     return out

@@ -39,6 +39,7 @@ class ReportInput:
     n_states: int
     results: list[SubjectResult]
     split_note: str = ""  # what the walk-forward check found
+    anonymization_note: str = ""  # the share of decisions whose headlines could not be fully anonymized
     training_rewards: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mean reward_usd)
     gate_note: str = ""
 
@@ -172,11 +173,18 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
     ]
     if data.split_note:
         lines.append(f"- walk-forward split: {data.split_note}")
+    if data.anonymization_note:
+        lines.append(f"- anonymization: {data.anonymization_note}")
     if data.gate_note:
         lines.append(f"- promotion gate: {data.gate_note}")
-    lines += ["", "## Metrics", "", "Intervals: 95 % circular block bootstrap over decision dates.", "",
+    lines += ["", "## Metrics", "", "Intervals: 95 % circular block bootstrap over decision dates. p-values: one-sided "
+              "t-test over decision dates (one value per date: the decisions of a date are one cluster).", "",
               "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(data.results)]
+    tested = [f"{r.subject} p = {r.metrics['accuracy_p_value_by_date']:.3g}" for r in data.results
+              if r.metrics.get("accuracy_p_value_by_date") is not None and not r.subject.startswith("baseline:")]
+    if tested:
+        lines += ["", "Accuracy above a coin's 0.5, clustered by date: " + "; ".join(tested) + "."]
     lines += ["", "## Plots", "",
               "![Cumulative reward vs baselines](equity.png)", "",
               "![Reward per training iteration](training_reward.png)", "",

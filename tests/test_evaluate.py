@@ -6,7 +6,7 @@ from datetime import date, datetime, timezone
 import pandas as pd
 import pytest
 
-from hitchhiker import db, evaluate
+from hitchhiker import db, evaluate, gate
 from hitchhiker.evaluate import EvalConfig, SplitError
 from price_helpers import insert_sp500_prices
 
@@ -37,7 +37,8 @@ def _insert_states(con, start, end, pairs=(("AAP", "ABBV"), ("ABC", "XOM"), ("MS
             n += 1
             messages = [{"role": "user", "content": "Stock A trend: UP. Stock B trend: DOWN.\nWhich stock, A or B?"}]
             con.execute(
-                "INSERT INTO states VALUES (?, ?, ?, 'pairwise', 'trend', ?, ?, 'choice', 1, 5, ?, ?, true, ?, 12, 'test', now())",
+                "INSERT INTO states VALUES (?, ?, ?, 'pairwise', 'trend', ?, ?, 'choice', 1, 5, ?, ?, true, ?, 12, 'test', now(), "
+                "[true, true])",
                 [f"s-{day}-{'-'.join(sorted((a, b)))}", day, datetime.combine(day, datetime.min.time(), timezone.utc),
                  [a, b], "-".join(sorted((a, b))), json.dumps(messages),
                  json.dumps({"A": {"trend": "UP"}, "B": {"trend": "DOWN"}}), json.dumps({"Stock A": a, "Stock B": b})])
@@ -52,7 +53,7 @@ def _replay_and_checkpoints(con, lineage):
             rows.append({"rollout_id": f"{ckpt}-{d}-0", "group_id": f"g-{ckpt}-{d}", "decision_date": d,
                          "state_id": f"train-{d}"})
             con.execute("INSERT INTO states VALUES (?, ?, ?, 'pairwise', 'trend', ['AAP', 'ABBV'], 'AAP-ABBV', 'choice', "
-                        "1, 5, '[]', '{}', true, '{}', 12, 'test', now()) ON CONFLICT DO NOTHING",
+                        "1, 5, '[]', '{}', true, '{}', 12, 'test', now(), NULL) ON CONFLICT DO NOTHING",
                         [f"train-{d}", d, datetime.combine(d, datetime.min.time(), timezone.utc)])
     con.register("replay_rows", pd.DataFrame(rows))
     con.execute("CREATE OR REPLACE TABLE replay_table AS SELECT rollout_id, group_id, CAST(decision_date AS DATE) "
@@ -144,7 +145,8 @@ def test_evaluation_rewards_metrics_and_idempotence(store, tmp_path):
                                        [run.run_id]).fetchone()[0])
     lo, hi = metrics["mean_reward_usd_ci"]
     assert 0 < lo <= metrics["mean_reward_usd"] <= hi
-    assert metrics["accuracy_p_value"] < 1e-10 and not metrics["collapsed"]
+    assert metrics["accuracy_p_value_by_date"] < 1e-10 and not metrics["collapsed"]
+    assert metrics["unanonymized_share"] == 0.0  # trend prompts show no headlines
     grounding = json.loads(store.execute("SELECT grounding FROM evaluations WHERE run_id = ? AND subject = 'oracle'",
                                          [run.run_id]).fetchone()[0])
     # the advisory says "Stock X trend is UP": true for A (the prompt says UP), false for B (DOWN)
@@ -176,24 +178,27 @@ def test_promotion_gate(store, tmp_path):
     future = _future_returns(store)
     config = EvalConfig(n_boot=300, reports_dir=str(tmp_path / "reports"), gate_margin=0.001)
     base = _rule("A")
-    assert evaluate.champion(store) is None
+    assert gate.champion(store) is None
 
-    _, decision = evaluate.promotion_gate(store, "oracle", "2016-08-01", "2016-09-30", config,
-                                          policies={"oracle": _rule("oracle", future), "base": base})
-    assert decision.promoted and decision.champion_before is None
-    assert decision.difference > 0.001 and decision.difference_ci[0] > 0
-    assert evaluate.champion(store) == "oracle"
+    _, decision = gate.promotion_gate(store, "oracle", "2016-08-01", "2016-09-30", config,
+                                      policies={"oracle": _rule("oracle", future), "base": base})
+    assert decision.promoted and decision.champion_before is None and not decision.refused
+    assert decision.difference > 0.001 and decision.difference_ci[0] > 0 and decision.p_value < 1e-6
+    n_dates = len(_trading_days(store, date(2016, 8, 1), date(2016, 9, 30)))
+    assert decision.n_dates == n_dates >= 20 and f"over {n_dates} dates" in decision.reason
+    assert "clustered by date" in decision.reason
+    assert gate.champion(store) == "oracle"
 
     # a candidate that always answers B does not beat the oracle: kept, not promoted
-    run, decision = evaluate.promotion_gate(store, "stubborn", "2016-08-01", "2016-09-30", config,
-                                            policies={"stubborn": _rule("B"), "oracle": _rule("oracle", future), "base": base})
+    run, decision = gate.promotion_gate(store, "stubborn", "2016-08-01", "2016-09-30", config,
+                                        policies={"stubborn": _rule("B"), "oracle": _rule("oracle", future), "base": base})
     assert not decision.promoted and decision.champion_before == "oracle" and decision.difference < 0
-    assert evaluate.champion(store) == "oracle"
+    assert gate.champion(store) == "oracle"
     assert "kept, not promoted" in run.report_path.read_text()
     log = store.execute("SELECT candidate, promoted FROM promotions ORDER BY decided_at").fetchall()
     assert log == [("oracle", True), ("stubborn", False)]
     with pytest.raises(ValueError, match="already the champion"):
-        evaluate.promotion_gate(store, "oracle", "2016-08-01", "2016-09-30", config)
+        gate.promotion_gate(store, "oracle", "2016-08-01", "2016-09-30", config)
 
 
 @pytest.fixture
@@ -344,15 +349,15 @@ def test_a_policy_that_reads_the_trend_beats_random_and_base_on_the_learnable_ma
         return pd.DataFrame(out)
 
     config = EvalConfig(n_boot=500, reports_dir=str(tmp_path / "reports"))
-    run, decision = evaluate.promotion_gate(con, "reader", str(window[0]), str(window[-1]), config,
-                                            policies={"reader": reader, "base": _rule("A")})
+    run, decision = gate.promotion_gate(con, "reader", str(window[0]), str(window[-1]), config,
+                                        policies={"reader": reader, "base": _rule("A")})
     assert decision.promoted and decision.difference_ci[0] > 0
     for other in ("base", "baseline:random"):
         for metric in ("mean_reward_usd", "accuracy"):
-            diff, lo, hi = evaluate.paired_difference(run, "reader", other, metric)
+            diff, lo, hi = gate.paired_difference(run, "reader", other, metric)
             assert 0 < lo <= diff <= hi, (other, metric)
     # half the pairs show the same trend word twice (no information): accuracy ~0.5 there, ~0.95 elsewhere
-    assert run.summaries["reader"]["accuracy"] > 0.65 and run.summaries["reader"]["accuracy_p_value"] < 1e-6
+    assert run.summaries["reader"]["accuracy"] > 0.65 and run.summaries["reader"]["accuracy_p_value_by_date"] < 1e-6
     assert run.summaries["baseline:momentum"]["accuracy"] > 0.6  # the rule baseline that uses the same signal
     con.close()
 
@@ -377,7 +382,7 @@ def test_elementwise_evaluation(store, tmp_path):
         for t in ("AAP", "XOM"):
             messages = [{"role": "user", "content": "Stock A trend: UP.\nWhat position should be held?"}]
             store.execute("INSERT INTO states VALUES (?, ?, now(), 'elementwise', 'trend', ?, ?, 'discrete', 1, 5, ?, ?, "
-                          "true, NULL, 12, 'test', now())",
+                          "true, NULL, 12, 'test', now(), [true])",
                           [f"e-{day}-{t}", day, [t], t, json.dumps(messages), json.dumps({"A": {"trend": "UP"}})])
     future = _future_returns(store)
 
@@ -422,5 +427,5 @@ def test_a_promoted_beta_head_is_not_the_language_model_champion(tmp_path):
     con.execute("INSERT INTO promotions (decided_at, candidate, promoted, metric, margin, reason) VALUES "
                 "(now() - INTERVAL 1 DAY, 'grpo-1', true, 'mean_reward_usd', 0, 'won'), "
                 "(now(), 'head-1', true, 'mean_reward_usd', 0, 'won')")
-    assert evaluate.champion(con) == "grpo-1"
+    assert gate.champion(con) == "grpo-1"
     con.close()

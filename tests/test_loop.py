@@ -23,7 +23,8 @@ def _learn(tmp_path, seed: int):
 def _beats_random_and_base(con, cfg, res, tmp_path) -> None:
     """Issue 7's acceptance: through the evaluation stage (dollar rewards from the SQL, block bootstrap), the trained
     checkpoint beats the random baseline and the untrained base model, with intervals that exclude zero."""
-    from hitchhiker.evaluate import EvalConfig, evaluate, paired_difference
+    from hitchhiker.evaluate import EvalConfig, evaluate
+    from hitchhiker.gate import paired_difference
 
     run = evaluate(con, res.checkpoint_id, min(cfg.eval_dates), max(cfg.eval_dates),
                    EvalConfig(style="trend", n_boot=1000, reports_dir=str(tmp_path / "reports")))

@@ -59,6 +59,57 @@ def test_binomial_test_exact_values():
         metrics.binomial_p_greater(11, 10)
 
 
+def test_student_t_tail_by_hand():
+    # closed forms: df=1 is Cauchy, df=2 has P(T > t) = 1/2 - t / (2 sqrt(2 + t^2))
+    for t in (-3.0, -0.5, 0.0, 0.3, 1.0, 2.5, 10.0, 1e3):
+        assert metrics.student_t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, abs=1e-14)
+        assert metrics.student_t_sf(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(2 + t * t)), abs=1e-14)
+    # table values: t(0.95, 19) = 1.729133, t(0.975, 4) = 2.776445; a huge df is the normal
+    assert metrics.student_t_sf(1.729133, 19) == pytest.approx(0.05, abs=1e-6)
+    assert metrics.student_t_sf(2.776445, 4) == pytest.approx(0.025, abs=1e-6)
+    assert metrics.student_t_sf(1.959964, 1e7) == pytest.approx(0.025, abs=1e-6)
+    # far tails keep their relative precision (df=2: ~ 1 / (2 t^2))
+    assert metrics.student_t_sf(1e4, 2) == pytest.approx(0.5 - 1e4 / (2 * math.sqrt(2 + 1e8)), rel=1e-6)
+    assert math.isnan(metrics.student_t_sf(float("nan"), 3)) and metrics.student_t_sf(float("inf"), 3) == 0.0
+
+
+def test_t_test_p_greater_by_hand():
+    x = [0.02, 0.01, 0.03, -0.01]  # mean 0.0125, t = 1.4638501 with 3 df, p = 0.1197213
+    t = 0.0125 / (np.std(x, ddof=1) / 2)
+    assert metrics.t_test_p_greater(x) == pytest.approx(metrics.student_t_sf(t, 3), rel=1e-12)
+    # df=3 closed form: P(T > t) = 1/2 - (u / (1 + u^2) + atan(u)) / pi with u = t / sqrt(3)
+    u = t / math.sqrt(3)
+    assert metrics.t_test_p_greater(x) == pytest.approx(0.5 - (u / (1 + u * u) + math.atan(u)) / math.pi, abs=1e-14)
+    assert metrics.t_test_p_greater([0.6, 0.7, 0.5], 0.5) == pytest.approx(metrics.student_t_sf(0.1 / (0.1 / math.sqrt(3)), 2))
+    assert metrics.t_test_p_greater([0.0, 0.0, 0.0]) == 1.0 and metrics.t_test_p_greater([0.2, 0.2]) == 0.0
+    assert math.isnan(metrics.t_test_p_greater([0.1]))
+
+
+def test_wilson_interval_by_hand():
+    lo, hi = metrics.wilson_interval(10, 200)
+    assert (lo, hi) == (pytest.approx(0.027383, abs=1e-6), pytest.approx(0.089578, abs=1e-6))
+    assert metrics.wilson_interval(0, 200)[0] == 0.0 and metrics.wilson_interval(200, 200)[1] == 1.0
+    with pytest.raises(ValueError):
+        metrics.wilson_interval(3, 0)
+
+
+def test_clustered_decisions_fool_the_binomial_test_not_the_test_over_dates():
+    """A coin-flipping policy whose answers move together within a date (a mood per day): the binomial p-value over
+    decisions rejects chance far more often than 5 %; the t-test over daily accuracies stays near 5 %."""
+    rng = np.random.default_rng(23)
+    reps, n_dates, per_date = 400, 20, 20
+    binomial = by_date = 0
+    for _ in range(reps):
+        mood = rng.random((n_dates, 1)) < 0.5
+        picked = np.where(rng.random((n_dates, per_date)) < 0.8, mood, rng.random((n_dates, per_date)) < 0.5)
+        s = metrics.summarize(np.repeat(np.arange(n_dates), per_date), np.zeros(picked.size), np.ones(picked.size, bool),
+                              ["A"] * picked.size, picked_better=picked.ravel().astype(float), n_boot=20)
+        by_date += s["accuracy_p_value_by_date"] < 0.05
+        binomial += metrics.binomial_p_greater(int(picked.sum()), picked.size) < 0.05
+    assert binomial / reps > 0.3
+    assert by_date / reps <= 0.08, by_date / reps
+
+
 def test_block_bootstrap_indices_are_blocks():
     idx = metrics.block_bootstrap_indices(10, n_boot=5, block_length=3, seed=1)
     assert idx.shape == (5, 10) and idx.min() >= 0 and idx.max() < 10
@@ -134,7 +185,9 @@ def test_summarize_is_consistent_with_the_parts():
     assert s["sharpe"] == pytest.approx(metrics.sharpe(daily))
     assert s["max_drawdown"] == pytest.approx(metrics.max_drawdown(daily))
     assert s["accuracy"] == pytest.approx(3.5 / 6)
-    assert s["accuracy_p_value"] == pytest.approx(metrics.binomial_p_greater(3, 5))
+    # daily accuracies 0.5, 1, 0.75, 0: one value per date, against a coin's 0.5
+    assert s["accuracy_p_value_by_date"] == pytest.approx(metrics.t_test_p_greater([0.5, 1.0, 0.75, 0.0], 0.5))
+    assert "accuracy_p_value" not in s  # the binomial over decisions is gone from summaries
     assert s["valid_rate"] == pytest.approx(5 / 6)
     lo, hi = s["mean_reward_usd_ci"]
     assert lo <= s["mean_reward_usd"] <= hi
