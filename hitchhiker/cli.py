@@ -409,7 +409,8 @@ def _cmd_loop(args) -> int:
         out = Path(args.out) if args.out else db.beside(args.db, "loop")
         res = run_loop(con, cfg, out, _location(args, "replay"), on_iteration=lambda r: print(
             f"iteration {r['iteration']:>3}  {r['seconds']:7.1f}s  held-out accuracy {r['accuracy']:.3f} "
-            f"(n={r['n']}, p={r['p_value']:.2g}, unpriced {r['n_unpriced']})  valid {r['valid_rate']:.3f}", flush=True))
+            f"(n={r['n']}, p={r['p_value']:.2g}, p by date={r['p_value_by_date']:.2g} over {r['n_dates']} dates, "
+            f"unpriced {r['n_unpriced']})  valid {r['valid_rate']:.3f}", flush=True))
     finally:
         con.close()
     print(f"last checkpoint: {res.checkpoint_id}; TensorBoard logs: {Path(res.out_dir) / 'tensorboard'}")

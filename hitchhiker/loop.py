@@ -100,7 +100,7 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
         row = {"iteration": iteration, "seconds": time.perf_counter() - started,
                **greedy_accuracy(con, policy(), eval_ids, config.reward), **extra}
         history.append(row)
-        for k in ("accuracy", "valid_rate", "p_value", "n_unpriced"):
+        for k in ("accuracy", "valid_rate", "p_value", "p_value_by_date", "n_unpriced"):
             writer.add_scalar(f"eval/{k}", row[k], iteration)
         if row["n_unpriced"]:
             log.warning("iteration %d: %d of %d held-out states have no outcome yet (their reward has not exited in "
@@ -163,9 +163,11 @@ def pair_outcomes(con, state_ids: list[str], spec: RewardSpec = RewardSpec()) ->
 
 def greedy_accuracy(con, policy, state_ids: list[str], spec: RewardSpec = RewardSpec(), batch_size: int = 64) -> dict:
     """Greedy pairwise decisions on these states: accuracy (picked the stock with the higher return over the reward's
-    window, `pair_outcomes`; invalid = wrong), valid-format rate, the one-sided binomial p-value against chance, and
-    n_unpriced: the states left out because they have no outcome (reward not exited yet, or not pairwise)."""
-    from hitchhiker.metrics import binomial_p_greater
+    window, `pair_outcomes`; invalid = wrong), valid-format rate, one-sided p-values against chance (`p_value`: exact
+    binomial over decisions, which treats a date's decisions as independent; `p_value_by_date`: a t-test over the daily
+    accuracies, one cluster per date, the one to trust when dates hold many decisions), and n_unpriced: the states
+    left out because they have no outcome (reward not exited yet, or not pairwise)."""
+    from hitchhiker.metrics import binomial_p_greater, t_test_p_greater
     from hitchhiker.rollouts import load_states
 
     states = load_states(con, state_ids)
@@ -174,6 +176,7 @@ def greedy_accuracy(con, policy, state_ids: list[str], spec: RewardSpec = Reward
     tok = policy.tokenizer
     correct = valid = n = 0
     actions = {"A": 0, "B": 0}
+    by_date: dict = {}  # decision date -> [correct, decisions]
     for i in range(0, len(states), batch_size):
         chunk = [s for s in states[i:i + batch_size] if s.state_id in truth]
         if not chunk:
@@ -191,14 +194,19 @@ def greedy_accuracy(con, policy, state_ids: list[str], spec: RewardSpec = Reward
             parsed = contract.parse(text, s.mode)
             ra, rb = truth[s.state_id]
             n += 1
+            right = parsed.valid and (parsed.action == "A") == (ra > rb) and ra != rb
+            day = by_date.setdefault(s.decision_date, [0, 0])
+            day[0], day[1] = day[0] + right, day[1] + 1
             if parsed.valid:
                 valid += 1
                 actions[parsed.action] += 1
-                correct += (parsed.action == "A") == (ra > rb) and ra != rb
+                correct += right
     if n == 0:
         raise ValueError(f"none of the {len(states)} evaluation states has a matured outcome in prices")
     return {"accuracy": correct / n, "valid_rate": valid / n, "n": n, "correct": correct, "n_unpriced": n_unpriced,
-            "p_value": binomial_p_greater(correct, n), "share_a": actions["A"] / max(valid, 1)}
+            "p_value": binomial_p_greater(correct, n),
+            "p_value_by_date": t_test_p_greater([c / k for c, k in by_date.values()], 0.5),
+            "n_dates": len(by_date), "share_a": actions["A"] / max(valid, 1)}
 
 
 def check_held_out_dates(con, config) -> None:

@@ -105,6 +105,7 @@ def test_backfill_trains_when_enough_groups_matured_and_gates_on_later_days(pref
                   **dict(options, min_new_groups=1, train_deployment="train/train"))
     assert again["status"] == "done" and again["states"] == {"states": 6, "new": 0}
     assert (again["ingest"]["prices_inserted"], again["ingest"]["prices_updated"], again["ingest"]["news_inserted"]) == (0, 0, 0)
+    assert (again["ingest"]["names_added"], again["ingest"]["names_missing"]) == (0, 0)  # the demo's names, recorded once
     assert again["rollouts"]["groups_written"] == 0 and again["rollouts"]["groups_skipped"] == 6
     assert again["rewards"]["inserted"] == 0 and again["gate"]["status"] == "skipped"
     assert again["train"]["status"] == "skipped" and "no deployment 'train/train'" in again["train"]["reason"]
