@@ -1,6 +1,8 @@
 -- The promotion gate's log and the current champion (the checkpoint the daily flow samples with): each decision
 -- with the candidate's lead over the champion (or the base model) on the validation window and its 95 % interval.
--- A candidate is promoted only when the lead reaches the margin and the interval excludes zero.
+-- A candidate is promoted only on at least 20 scored dates, with every shown headline anonymized, when the lead
+-- reaches the margin, a one-sided t-test over dates rejects 'no better' at 2.5 % and the bootstrap interval over
+-- dates lies above zero (hitchhiker/gate.py); `reason` says which condition decided.
 --   hitchhiker sql --db hitchhiker-demo/hitchhiker.duckdb @sql/queries/promotions.sql
 SELECT
     p.decided_at,
