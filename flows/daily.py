@@ -256,6 +256,8 @@ def daily(
     eval_days: int = 20,
     gate_margin: float = 0.0,
     n_boot: int = 2000,
+    knowledge_cutoff: str | None = None,
+    allow_contaminated: bool = False,
     retry_delay_s: float = 10.0,
 ) -> dict:
     """One decision date (default: today in New York) through every stage; a closed market or missing data is a
@@ -310,7 +312,8 @@ def daily(
     pending = pending_work(db, replay_root, day, mode, style, eval_days)
     out["train"] = _train_stage(db, storage, day, model, checked["champion"], pending, train, min_new_groups, train_deployment,
                                 train_config, train_job_variables, train_timeout_s)
-    out["gate"] = _gate_stage(db, storage, pending, mode, style, gate_margin, n_boot)
+    out["gate"] = _gate_stage(db, storage, pending, mode, style, gate_margin, n_boot,
+                              dict(model=model, knowledge_cutoff=knowledge_cutoff, allow_contaminated=allow_contaminated))
     out["status"] = "done"
     _summary_artifact(out)
     if out["train"]["status"] == "failed":  # after the gate ran: the day's other work is stored, the run shows red
@@ -370,7 +373,7 @@ def _train_stage(db: str, storage: str | None, day: str, model: str | None, cham
 
 
 def _gate_stage(db: str, storage: str | None, ready: dict, mode: str, style: str, gate_margin: float,
-                n_boot: int) -> dict:
+                n_boot: int, knowledge: dict) -> dict:
     logger = get_run_logger()
     for note in ready["waiting"]:
         logger.info("gate: waiting: %s", note)
@@ -379,7 +382,7 @@ def _gate_stage(db: str, storage: str | None, ready: dict, mode: str, style: str
             logger.info("gate: no checkpoint waiting for evaluation")
         return {"status": "skipped", "waiting": len(ready["waiting"])}
     result = evaluate_flow(checkpoint=ready["candidate"], start=ready["start"], end=ready["end"], db=db, mode=mode,
-                           style=style, gate=True, gate_margin=gate_margin, n_boot=n_boot, storage=storage)
+                           style=style, gate=True, gate_margin=gate_margin, n_boot=n_boot, storage=storage, **knowledge)
     promoted = champion_now(db) == ready["candidate"]
     logger.info("gate: %s on %s..%s: %s", ready["candidate"], ready["start"], ready["end"], result["gate"])
     return {"status": "promoted" if promoted else "kept", "candidate": ready["candidate"], "window": [ready["start"], ready["end"]],

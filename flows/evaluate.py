@@ -64,16 +64,20 @@ def publish_report(report_path: str, reports_url: str) -> str:
 @flow(name="evaluate")
 def evaluate_flow(checkpoint: str, start: str, end: str, db: str | None = None, mode: str = "pairwise",
                   style: str | None = None, gate: bool = False, gate_margin: float = 0.0, n_boot: int = 2000,
-                  reports_dir: str | None = None, storage: str | None = None) -> dict:
+                  reports_dir: str | None = None, storage: str | None = None, model: str | None = None,
+                  knowledge_cutoff: str | None = None, allow_contaminated: bool = False) -> dict:
     """Evaluate `checkpoint` ('base' for the untrained model) on start..end; with gate=True, promote if it wins.
     storage: the report folder goes to <storage>/reports (a folder URL: written there; object storage: written
-    beside the store, then published there)."""
+    beside the store, then published there). model: the base model (hub id or path; None: the default small model).
+    knowledge_cutoff: that model's, where hitchhiker.cutoffs has none; the gate refuses a window on or before it
+    (or any window while it is unknown) unless allow_contaminated."""
     from hitchhiker import storage as files
 
     url = files.storage_url(storage)
     if reports_dir is None and url is not None and files.is_local(url):
         reports_dir = files.location(db, url, "reports")
-    config = dict(mode=mode, style=style, gate_margin=gate_margin, n_boot=n_boot, reports_dir=reports_dir)
+    config = dict(mode=mode, style=style, gate_margin=gate_margin, n_boot=n_boot, reports_dir=reports_dir, model=model,
+                  knowledge_cutoff=knowledge_cutoff, allow_contaminated=allow_contaminated)
     result = run_evaluation(db, checkpoint, start, end, config, gate)
     attach_artifacts(result)
     published = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hitchhiker import cli_eval
+from hitchhiker import cli_audit, cli_eval
 from hitchhiker.db import StoreError
 
 
@@ -554,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_states(sub, parent)
     _add_rollouts(sub, parent)
     cli_eval.add_eval(sub, parent)
+    cli_audit.add_audit(sub, parent)
     _add_train(sub, parent)
     _add_loop(sub, parent)
     _add_rewards(sub, parent)

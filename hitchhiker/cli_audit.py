@@ -53,26 +53,3 @@ def _cmd_audit(args) -> int:
     print(f"report: {result.report_path}")
     return 0 if result.passed else 1
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m hitchhiker.cli_audit audit ...`: the same command before `hitchhiker` registers it (same --db)."""
-    import argparse
-    import sys
-
-    from hitchhiker.db import StoreError
-
-    parser = argparse.ArgumentParser(prog="hitchhiker")
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--db", default=None, help="DuckDB file (default: $HITCHHIKER_DB or ./hitchhiker.duckdb)")
-    parent.add_argument("--storage", default=None, help="unused by the audit (accepted as by every command)")
-    add_audit(parser.add_subparsers(dest="command", required=True), parent)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (StoreError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

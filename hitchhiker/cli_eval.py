@@ -15,6 +15,10 @@ def add_eval(sub, parent) -> None:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals")
     p.add_argument("--gate", action="store_true", help="run the promotion gate against the current champion")
     p.add_argument("--margin", type=float, default=0.0, help="gate: required lead in mean reward_usd")
+    p.add_argument("--knowledge-cutoff", default=None, help="the base model's knowledge cutoff (YYYY-MM-DD), for a "
+                   "model whose card states none (see hitchhiker.cutoffs.KNOWLEDGE_CUTOFFS)")
+    p.add_argument("--allow-contaminated", action="store_true",
+                   help="gate: decide on a window before a cutoff (the report still marks it contaminated)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -22,7 +26,8 @@ def _cmd_eval(args) -> int:
     from hitchhiker import db, evaluate, gate, report
 
     config = evaluate.EvalConfig(mode=args.mode, style=args.style, model=args.model, n_boot=args.n_boot,
-                                 gate_margin=args.margin)
+                                 gate_margin=args.margin, knowledge_cutoff=args.knowledge_cutoff,
+                                 allow_contaminated=args.allow_contaminated)
     con = db.connect(args.db)
     try:
         if args.gate:
@@ -38,6 +43,8 @@ def _cmd_eval(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    if run.contamination:
+        print(f"contamination: {run.contamination}")
     if decision is not None:
         print(f"gate: {decision.reason}")
     print(f"report: {run.report_path}")

@@ -9,11 +9,10 @@ nothing about what it can do on unseen dates. Two cutoffs bound what a candidate
   small model (hitchhiker.default_model) is trained from scratch on synthetic prompts only
   (`states.example_prompts`: made-up numbers and headlines, random answers), so it knows no market at all;
 - the **training cutoff** of a checkpoint's lineage: the last reward exit of any replay group that trained it or an
-  ancestor (the same rule and SQL as `hitchhiker.evaluate.training_cutoff`).
+  ancestor (`lineage_exit`; `hitchhiker.evaluate.training_cutoff` and its walk-forward check read it too).
 
 `contamination` turns both into one plain-words note for a window (None when clean); evaluation reports, the
-look-ahead audit and the promotion gate call it. This module sits below `hitchhiker.evaluate` (which may call it),
-so it reads the lineage itself (sql/evaluate/lineage_groups.sql) instead of importing evaluate.
+look-ahead audit and the promotion gate call it. This module sits below `hitchhiker.evaluate`, which imports it.
 """
 from __future__ import annotations
 
@@ -52,6 +51,9 @@ KNOWLEDGE_CUTOFFS: dict[str, str] = {
 }
 
 
+BETA_HEAD_PREFIX = "beta-head"  # base_model of a Beta position head checkpoint (hitchhiker.beta.head.HEAD_VERSION)
+
+
 @dataclass(frozen=True)
 class KnowledgeCutoff:
     """What a base model can know: `cutoff` (None: unknown, or no market knowledge at all) and where that comes from."""
@@ -69,13 +71,24 @@ def knowledge_cutoff(model: str | None, override: date | str | None = None) -> K
     """The knowledge cutoff of a base model (hub id, local path, None = the default small model).
 
     override: a setting for this model (a date), which wins over the table; needed for any model not listed."""
-    from hitchhiker.default_model import DEFAULT_MODEL_NAME
+    from pathlib import Path
+
+    from hitchhiker.default_model import DEFAULT_MODEL_NAME, _default_model_dir
 
     name = model or DEFAULT_MODEL_NAME
     if override is not None:
         return KnowledgeCutoff(name, as_date(override, "knowledge cutoff"), "setting")
-    if name.startswith(DEFAULT_MODEL_NAME):  # the registry records it as 'hitchhiker-tiny@<builder version>'
+    # the registry records it as 'hitchhiker-tiny@<builder version>'; flows may name its cached folder
+    if name.startswith(DEFAULT_MODEL_NAME) or Path(name).expanduser().absolute() == _default_model_dir().absolute():
         return KnowledgeCutoff(name, None, "no market data")
+    if name.startswith(BETA_HEAD_PREFIX):  # 'beta-head-v1:features[+<embedding model>]' (hitchhiker.beta.loop)
+        # A position head starts from random weights and learns only from the store's features; what a pretrained
+        # model may know can reach it only through headline embeddings, so it knows what its embedding model knows.
+        _, _, embedding = name.partition("+")
+        if not embedding:
+            return KnowledgeCutoff(name, None, "no market data")
+        inner = knowledge_cutoff(embedding, override)
+        return KnowledgeCutoff(name, inner.cutoff, inner.source)
     stated = {k.lower(): v for k, v in KNOWLEDGE_CUTOFFS.items()}.get(name.lower())
     if stated is not None:
         return KnowledgeCutoff(name, date.fromisoformat(stated), "model card")
@@ -100,9 +113,14 @@ def lineage_exit(con: duckdb.DuckDBPyConnection, checkpoint_id: str) -> tuple[da
     if not rows:
         return None, None, None
     last = max((d for _, d, _, _ in rows if d is not None), default=None)
-    missing = sum(d is None or not known for _, d, known, _ in rows)
+    missing = [g for g, d, _, _ in rows if d is None]
     if missing:
-        return last, None, f"{missing} of {len(rows)} training groups are not in the replay or their states are unknown"
+        return last, None, (f"{len(missing)} of {len(rows)} training groups are not in the replay buffer (e.g. "
+                            f"{missing[0]}), so its training dates cannot be checked")
+    unknown = [g for g, _, known, _ in rows if not known]
+    if unknown:
+        return last, None, (f"the states of {len(unknown)} of {len(rows)} training groups are not in `states` (e.g. "
+                            f"{unknown[0]}), so their reward windows cannot be checked")
     exits = [x for _, _, _, x in rows]
     try:
         ((stored,),) = con.execute(
@@ -112,7 +130,8 @@ def lineage_exit(con: duckdb.DuckDBPyConnection, checkpoint_id: str) -> tuple[da
         stored = None
     known = [x for x in [*exits, stored] if x is not None]
     if None in exits and stored is None:
-        return last, None, f"rewards of decisions up to {last} exit after the last price in the store"
+        return last, None, (f"it trained on decisions up to {last} whose rewards exit after the last price in the "
+                            "store: no later date can be evaluated yet")
     return last, max(known), None
 
 

@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from hitchhiker import baselines, contract, db, grounding, metrics, report
+from hitchhiker import baselines, contract, cutoffs, db, grounding, metrics, report
 from hitchhiker.states import as_date
 
 EVALUATOR_VERSION = "eval-v1"
@@ -50,6 +50,10 @@ class EvalConfig:
     gate_alpha: float = 0.025  # one-sided level of the gate's t-test over dates (hitchhiker.gate.decide)
     min_gate_dates: int = 20  # the gate refuses to decide on fewer scored decision dates
     max_unanonymized_share: float = 0.0  # the gate refuses a window with more decisions whose headlines named a stock
+    # The base model's knowledge cutoff (YYYY-MM-DD) where hitchhiker.cutoffs.KNOWLEDGE_CUTOFFS has none (a model card
+    # that states none): a window on or before it, or any window while it is unknown, is marked contaminated.
+    knowledge_cutoff: str | None = None
+    allow_contaminated: bool = False  # the gate decides on a contaminated window (the report still marks it)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class EvalRun:
     seed: int = 0
     # share of the candidate's scored decisions whose headlines could not be fully anonymized (`unanonymized`)
     unanonymized_share: float | None = None
+    contamination: str | None = None  # why the window may be known to a compared model (hitchhiker.cutoffs); None: clean
 
 
 # --- walk-forward split -------------------------------------------------------------------------------------------
@@ -74,35 +79,11 @@ def training_cutoff(con: duckdb.DuckDBPyConnection, checkpoint_id: str) -> tuple
     """(last decision date trained on, last reward exit date) over the checkpoint's whole lineage; Nones if untrained.
 
     The exit of each trained state's reward is read from the reward calendar (sql/rewards/calendar.sql, the state's
-    own tickers and horizon), and from the stored rewards of those groups (a longer-horizon spec exits later)."""
-    from hitchhiker import rewards
-
-    rewards.ensure_calendar(con)
-    rows = con.execute(db.sql_text("evaluate/lineage_groups"), {"checkpoint_id": checkpoint_id}).fetchall()
-    if not rows:
-        return None, None
-    missing = [g for g, d, _, _ in rows if d is None]
-    if missing:
-        raise SplitError(f"checkpoint {checkpoint_id}: {len(missing)} of {len(rows)} training groups are not in the "
-                         f"replay buffer (e.g. {missing[0]}), so its training dates cannot be checked")
-    unknown = [g for g, _, known, _ in rows if not known]
-    if unknown:
-        raise SplitError(f"checkpoint {checkpoint_id}: the states of {len(unknown)} of {len(rows)} training groups are "
-                         f"not in `states` (e.g. {unknown[0]}), so their reward windows cannot be checked")
-    last = max(d for _, d, _, _ in rows)
-    # None while some trained reward's exit day is not in prices yet: its window runs past the last price.
-    exits = [x for _, _, _, x in rows]
-    exit_date = None if None in exits else max(exits)
-    try:
-        ((stored,),) = con.execute(
-            "SELECT max(w.exit_date) FROM rewards AS w JOIN replay AS r USING (rollout_id) "
-            "WHERE r.group_id IN (SELECT unnest(?::VARCHAR[]))", [[g for g, _, _, _ in rows]]).fetchall()
-    except duckdb.CatalogException:  # no rewards table yet: the reward calendar alone decides
-        stored = None
-    if exit_date is None and stored is None:
-        raise SplitError(f"checkpoint {checkpoint_id} trained on decisions up to {last} whose rewards exit after the "
-                         f"last price in the store: no later date can be evaluated yet")
-    exit_date = max(d for d in (exit_date, stored) if d is not None)
+    own tickers and horizon), and from the stored rewards of those groups (a longer-horizon spec exits later):
+    cutoffs.lineage_exit. A lineage that cannot be checked is a SplitError."""
+    last, exit_date, problem = cutoffs.lineage_exit(con, checkpoint_id)
+    if problem:
+        raise SplitError(f"checkpoint {checkpoint_id}: {problem}")
     return last, exit_date
 
 
@@ -247,6 +228,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
     if end < start:
         raise ValueError(f"evaluation window ends ({end}) before it starts ({start})")
     notes = [check_split(con, c, start) for c in (candidate, *compare_with) if not c.startswith("base")]
+    contamination = window_contamination(con, (candidate, *compare_with), start, end, config)
     states = load_states(con, start, end, config.mode, config.style)
     returns = baselines.past_returns(con, states)
     policies = dict(policies or {})
@@ -302,7 +284,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
     ret_by_id = returns.set_index("state_id")
     run_id = _run_id(candidate_name, [s for s in frames if s != candidate_name], start, end, config, spec_name, states)
     run = EvalRun(run_id, candidate_name, (str(start), str(end)), len(states), Path(), kinds=kinds,
-                  n_boot=config.n_boot, seed=config.seed)
+                  n_boot=config.n_boot, seed=config.seed, contamination=contamination)
     results, rows, decision_rows = [], [], []
     for subject, f in everything.groupby("subject", sort=False):
         summary, g, daily, dec = _score(f, config, cf, state_by_id, ret_by_id, universe, kinds[subject] != "baseline")
@@ -326,6 +308,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
         f"Evaluation of {candidate_name}", candidate_name, run.window, config.mode, spec_name, len(states), results,
         split_note="; ".join(notes) or "untrained base model: no training dates to check",
         anonymization_note=_anonymization_note(run.summaries[candidate_name]),
+        contamination_note=(f"CONTAMINATED: {contamination}" if contamination else
+                            "none found (the base model's knowledge cutoff and the training data precede the window)"),
         training_rewards=training_rewards(con, candidate_name, spec_name) if kinds[candidate_name] == "checkpoint" else []))
     _store(con, run_id, rows, pd.concat(decision_rows, ignore_index=True), run.report_path)
     return run
@@ -375,6 +359,20 @@ def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, univ
     })
     dec["state_id"] = dec["state_id"].fillna(pd.Series([f"{d}:{p}" for d, p in zip(dec["decision_date"], dec["pair"])]))
     return summary, g, daily, dec
+
+
+def window_contamination(con: duckdb.DuckDBPyConnection, subjects, start, end, config: EvalConfig) -> str | None:
+    """Why [start, end] may be known to one of the compared models (hitchhiker.cutoffs.contamination), or None.
+
+    subjects: checkpoint ids (their recorded base model) and 'base' / 'base:<model>' (config.model). Baselines know
+    nothing but the prices before each decision, and the base model beside the candidate shares its base."""
+    notes = []
+    for subject in subjects:
+        model = config.model if subject.startswith("base") else None
+        note = cutoffs.contamination(con, subject, model, start, end, config.knowledge_cutoff)
+        if note:
+            notes.append(f"{subject}: {note}" if len(subjects) > 1 else note)
+    return "; ".join(notes) or None
 
 
 def _anonymization_note(summary: dict) -> str:

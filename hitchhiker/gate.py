@@ -7,8 +7,10 @@ cluster: every statistic below counts dates, never decisions. `decide` is the wh
 real gate and the simulation that measures its false-promotion rate on real prices (tests/test_gate.py) both call it.
 
 The gate refuses to decide (a logged `promotions` row, not promoted) on fewer than `EvalConfig.min_gate_dates`
-scored dates, and on a window where more than `EvalConfig.max_unanonymized_share` of the decisions showed headlines
-that could not be anonymized (no company names recorded for that stock).
+scored dates, on a window where more than `EvalConfig.max_unanonymized_share` of the decisions showed headlines
+that could not be anonymized (no company names recorded for that stock), and on a contaminated window (one before
+the base model's knowledge cutoff, or any window while that cutoff is unknown: hitchhiker.cutoffs) unless
+`EvalConfig.allow_contaminated`.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class GateDecision:
     reason: str
     p_value: float = float("nan")
     n_dates: int = 0
-    refused: bool = False  # the gate would not decide (too few dates, headlines not anonymized)
+    refused: bool = False  # the gate would not decide (too few dates, headlines not anonymized, contaminated)
 
 
 def decide(candidate_daily, champion_daily, config: EvalConfig = EvalConfig()) -> Verdict:
@@ -132,6 +134,15 @@ def anonymization_refusal(run: EvalRun, config: EvalConfig) -> str | None:
             f"with `hitchhiker ingest names` and rebuild the window's states")
 
 
+def contamination_refusal(run: EvalRun, config: EvalConfig) -> str | None:
+    """Why the gate will not decide on a window a compared model may know (EvalRun.contamination), or None."""
+    if run.contamination is None or config.allow_contaminated:
+        return None
+    return (f"refused: the window is contaminated ({run.contamination}); a score there may be memory, not skill. "
+            "Evaluate a window after the cutoff, set the model's knowledge cutoff (EvalConfig.knowledge_cutoff, "
+            "--knowledge-cutoff) where its card states one, or decide anyway with allow_contaminated")
+
+
 def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),
                    spec=None, policies: dict | None = None) -> tuple[EvalRun, GateDecision]:
     """Evaluate `candidate` against the champion (or the base model when there is none) on the validation window and
@@ -145,7 +156,7 @@ def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, c
     run = evaluate(con, candidate, start, end, config, spec, compare_with=(current,) if current else (), policies=policies)
     against = current or next(s for s, k in run.kinds.items() if k == "base")
     verdict = decide(*paired_series(run, run.candidate, against, config.gate_metric), config)
-    refusal = anonymization_refusal(run, config)
+    refusal = contamination_refusal(run, config) or anonymization_refusal(run, config)
     promoted = verdict.promoted and refusal is None
     lo, hi = verdict.ci
     reason = (f"{config.gate_metric} {verdict.difference:+.5f} vs {against} over {verdict.n_dates} dates (95% CI "

@@ -40,6 +40,7 @@ class ReportInput:
     results: list[SubjectResult]
     split_note: str = ""  # what the walk-forward check found
     anonymization_note: str = ""  # the share of decisions whose headlines could not be fully anonymized
+    contamination_note: str = ""  # whether the window lies before a compared model's knowledge or training cutoff
     training_rewards: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mean reward_usd)
     gate_note: str = ""
 
@@ -175,6 +176,8 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
         lines.append(f"- walk-forward split: {data.split_note}")
     if data.anonymization_note:
         lines.append(f"- anonymization: {data.anonymization_note}")
+    if data.contamination_note:
+        lines.append(f"- contamination: {data.contamination_note}")
     if data.gate_note:
         lines.append(f"- promotion gate: {data.gate_note}")
     lines += ["", "## Metrics", "", "Intervals: 95 % circular block bootstrap over decision dates. p-values: one-sided "

@@ -197,11 +197,7 @@ def test_the_flag_rule_rarely_flags_a_model_that_ignores_names_and_dates():
 @pytest.mark.slow
 def test_audit_command(planted):
     """The command on the planted store: the leak's table, verdict and report; exit 1 (flagged), 2 on a bad id."""
-    from hitchhiker import cli
-
-    registered = "audit" in cli.build_parser()._subparsers._group_actions[0].choices
-    command = ([str(Path(sys.executable).parent / "hitchhiker")] if registered
-               else [sys.executable, "-m", "hitchhiker.cli_audit"])
+    command = [str(Path(sys.executable).parent / "hitchhiker")]
     args = ["audit", "--db", str(planted.db_file), "--start", planted.start, "--end", planted.end, "--n-boot", "300"]
     p = subprocess.run(command + args + ["--checkpoint", planted.leak], capture_output=True, text=True, timeout=300)
     assert p.returncode == 1, p.stderr

@@ -42,7 +42,7 @@ def store(shared_data, db_file):
 def _insert_state(con, state_id: str, day: date, tickers: list[str]) -> None:
     messages = [{"role": "user", "content": "Stock A trend: UP. Stock B trend: DOWN.\nWhich stock, A or B?"}]
     con.execute("INSERT INTO states VALUES (?, ?, ?, 'pairwise', 'trend', ?, ?, 'choice', 1, 5, ?, '{}', true, '{}', "
-                "12, 'test', now())",
+                "12, 'test', now(), [true, true])",
                 [state_id, day, datetime.combine(day, datetime.min.time(), timezone.utc), tickers,
                  "-".join(sorted(tickers)), json.dumps(messages)])
 

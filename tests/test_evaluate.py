@@ -61,7 +61,7 @@ def _replay_and_checkpoints(con, lineage):
     con.execute("CREATE OR REPLACE VIEW replay AS SELECT * FROM replay_table")
     for ckpt, parent, dates in lineage:
         con.execute("INSERT INTO checkpoints (checkpoint_id, parent_id, run_id, base_model, path, algorithm, finetune, "
-                    "step, created_at, groups_used) VALUES (?, ?, 'run', 'tiny', '/nonexistent', 'grpo', 'full', 1, now(), ?)",
+                    "step, created_at, groups_used) VALUES (?, ?, 'run', 'hitchhiker-tiny@test', '/nonexistent', 'grpo', 'full', 1, now(), ?)",
                     [ckpt, parent, [f"g-{ckpt}-{d}" for d in dates]])
 
 
@@ -337,7 +337,7 @@ def test_a_policy_that_reads_the_trend_beats_random_and_base_on_the_learnable_ma
     window = days[60:120]
     states.build_states(con, states.StatesConfig(style="trend", max_pairs_per_date=6), window, tokenizer=tok)
     con.execute("INSERT INTO checkpoints (checkpoint_id, parent_id, run_id, base_model, path, algorithm, finetune, step, "
-                "created_at, groups_used) VALUES ('reader', NULL, 'run', 'tiny', '/nonexistent', 'grpo', 'full', 1, now(), [])")
+                "created_at, groups_used) VALUES ('reader', NULL, 'run', 'hitchhiker-tiny@test', '/nonexistent', 'grpo', 'full', 1, now(), [])")
 
     def reader(st):
         out = []

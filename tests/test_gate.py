@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import date
 
 import duckdb
@@ -260,10 +261,11 @@ def _picker(side):
     return decide
 
 
-def _register(con, checkpoint_id):
+def _register(con, checkpoint_id, base_model="hitchhiker-tiny@test"):
+    """A checkpoint row (the default small model's base unless told: it knows no market, so no window is contaminated)."""
     con.execute("INSERT INTO checkpoints (checkpoint_id, parent_id, run_id, base_model, path, algorithm, finetune, step, "
-                "created_at, groups_used) VALUES (?, NULL, 'run', 'tiny', '/nonexistent', 'grpo', 'full', 1, now(), [])",
-                [checkpoint_id])
+                "created_at, groups_used) VALUES (?, NULL, 'run', ?, '/nonexistent', 'grpo', 'full', 1, now(), [])",
+                [checkpoint_id, base_model])
 
 
 def test_gate_refuses_headlines_of_unnamed_companies_and_proceeds_once_names_are_recorded(store, tmp_path):
@@ -320,3 +322,42 @@ def test_gate_refuses_a_window_with_fewer_dates_than_its_minimum(store, tmp_path
     assert "refused: 10 scored decision dates, fewer than the 20 the gate needs" in decision.reason
     assert store.execute("SELECT promoted, run_id FROM promotions").fetchall() == [(False, run.run_id)]
     assert gate.champion(store) is None
+
+
+def test_gate_refuses_a_window_before_the_base_models_knowledge_cutoff(store, tmp_path):
+    """A 2016 window for a Llama 3.1 fine-tune (card: knowledge cutoff December 2023) or a model whose card states no
+    cutoff is contaminated: marked in the report, refused by the gate unless allowed; a cutoff set before the window
+    (a setting) makes it clean, and the default small model's checkpoints are clean."""
+    _insert_states(store, date(2016, 8, 1), date(2016, 9, 30), {t: True for t in TICKERS}, headlines_b=1)
+    config = EvalConfig(n_boot=200, reports_dir=str(tmp_path / "reports"))
+    window = ("2016-08-01", "2016-09-30")
+
+    def run_gate(candidate, config):
+        return gate.promotion_gate(store, candidate, *window, config,
+                                   policies={candidate: _picker("B"), "base": _picker("A")})
+
+    _register(store, "llama", "meta-llama/Llama-3.1-8B-Instruct")
+    run, decision = run_gate("llama", config)
+    assert "knowledge cutoff of 2023-12-31 (model card): the whole window lies before it" in run.contamination
+    assert decision.refused and not decision.promoted and "refused: the window is contaminated" in decision.reason
+    assert "- contamination: CONTAMINATED: " in run.report_path.read_text()
+    # allowed: the statistics decide; the report still says contaminated
+    run, decision = run_gate("llama", replace(config, allow_contaminated=True))
+    assert not decision.refused and decision.n_dates >= 20 and np.isfinite(decision.p_value)
+    assert run.contamination and "- contamination: CONTAMINATED: " in run.report_path.read_text()
+
+    _register(store, "mystery", "some-org/no-card-cutoff-7b")
+    run, decision = run_gate("mystery", config)
+    assert "knowledge cutoff of some-org/no-card-cutoff-7b is unknown" in run.contamination and decision.refused
+    run, decision = run_gate("mystery", replace(config, knowledge_cutoff="2016-07-29"))  # a setting: before the window
+    assert run.contamination is None and not decision.refused
+    run, decision = run_gate("mystery", replace(config, knowledge_cutoff="2016-08-15"))  # inside it: contaminated
+    assert "2016-08-01 .. 2016-08-15 of the window lies before it" in run.contamination and decision.refused
+
+    _register(store, "small")
+    run, decision = run_gate("small", config)
+    assert run.contamination is None and not decision.refused
+    assert "- contamination: none found" in run.report_path.read_text()
+    refused = [c for c, p, r in store.execute("SELECT candidate, promoted, reason FROM promotions").fetchall()
+               if "contaminated" in r]
+    assert refused == ["llama", "mystery", "mystery"]
