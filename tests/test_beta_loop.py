@@ -77,6 +77,42 @@ def test_held_out_dates_must_follow_training(tmp_path):
     cfg = synthetic_setup(con, SyntheticMarket(n_days=80), eval_dates=20, val_days=500)
     with pytest.raises(ValueError, match="validation window"):
         run_beta_loop(con, cfg, tmp_path / "loop", tmp_path / "replay")
+    cfg = synthetic_setup(con, SyntheticMarket(n_days=80), eval_dates=20, group_size=1)
+    with pytest.raises(ValueError, match="group-relative"):  # a group of one has no advantage
+        run_beta_loop(con, cfg, tmp_path / "loop", tmp_path / "replay")
+    con.close()
+
+
+def test_validation_window_starts_after_the_last_training_rewards_exit(tmp_path):
+    """Early stopping must not select the head on a market move a training reward still held."""
+    from hitchhiker import evaluate, registry
+    from hitchhiker.beta.head import load_head
+    from hitchhiker.beta.loop import split_dates
+    from hitchhiker.rewards import RewardSpec
+    from hitchhiker.synthetic import trading_days
+
+    con = db.connect(tmp_path / "b.duckdb")
+    market = SyntheticMarket(n_days=80, n_couples=2)
+    cfg = synthetic_setup(con, market, eval_dates=20, iterations=1, group_size=4, final_evaluation=False,
+                          states_per_iteration=10_000)  # one iteration trains on every training date
+    days = trading_days(market)  # every ticker trades every one of them: the h-th after T is T's exit
+    dates = sorted(cfg.train_dates)
+    for horizon in (1, 3):
+        cfg.reward = RewardSpec(horizon_days=horizon)
+        train, val = split_dates(con, cfg)
+        assert val == dates[-cfg.val_days:] and train == dates[:len(train)]
+        # the last training decision's exit is the trading day before the first validation date: the gap is h days
+        assert days.index(val[0]) - days.index(train[-1]) == horizon + 1
+
+    # through the loop, from the rewards it stored: the checkpoint's last training exit precedes its validation window
+    cfg.reward = RewardSpec(horizon_days=2)
+    res = run_beta_loop(con, cfg, tmp_path / "loop", tmp_path / "replay")
+    _, meta = load_head(registry.get(con, res.checkpoint_id)["path"])
+    last_decision, last_exit = evaluate.training_cutoff(con, res.checkpoint_id)
+    assert str(last_decision) == meta["training_dates"][1]  # the loop did train on its last training date
+    first_val = meta["validation_dates"][0]
+    assert str(last_exit) < first_val, (last_exit, first_val)
+    assert str(days[days.index(last_exit) + 1]) == first_val  # and no date more than needed was dropped
     con.close()
 
 

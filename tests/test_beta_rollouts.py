@@ -110,9 +110,15 @@ def test_rewards_sql_pays_the_sampled_positions(sampled):
     np.testing.assert_allclose(got["reward_usd"], want, rtol=1e-9, atol=1e-12)
     # what the trainer reads: the same rewards with the stored positions and densities
     gids = list(con.execute("SELECT DISTINCT group_id FROM replay").df()["group_id"])
-    x, pos, rew, blogp = training_rows(con, spec, gids, reward_spec.reward_spec)
-    assert x.shape == (4 * len(ids), spec.n_features) and len(pos) == len(rew) == len(blogp) == 4 * len(ids)
+    x, pos, rew, adv, blogp = training_rows(con, spec, gids, reward_spec.reward_spec)
+    assert x.shape == (4 * len(ids), spec.n_features) and len(pos) == len(rew) == len(adv) == len(blogp) == 4 * len(ids)
     assert sorted(rew.tolist()) == pytest.approx(sorted(got["reward_usd"].tolist()), abs=1e-7)
+    # the advantage is group-relative: each reward minus the mean reward of its state's group of 4
+    rows = con.execute("SELECT r.state_id FROM replay AS r WHERE r.group_id IN (SELECT unnest(?::VARCHAR[])) "
+                       "ORDER BY r.decision_date, r.group_id, r.sample_index", [gids]).fetchall()
+    means = got.groupby("state_id")["reward_usd"].mean()
+    want_adv = rew.double() - torch.tensor([means[s] for (s,) in rows], dtype=torch.float64)
+    assert torch.allclose(adv.double(), want_adv, atol=1e-7) and adv.abs().sum() > 0
     with pytest.raises(ValueError, match="no reward|none of the"):
         training_rows(con, spec, gids, "usd1:no-such-spec")
 

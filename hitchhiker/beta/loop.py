@@ -1,13 +1,14 @@
-"""The Beta head's loop: states -> groups sampled by the current head -> SQL rewards -> REINFORCE -> checkpoint -> eval.
+"""The Beta head's loop: states -> groups sampled by the current head -> SQL rewards -> PPO-clip -> checkpoint -> eval.
 
 The same stages as the LLM loop (hitchhiker/loop.py), with the head as the policy: every iteration samples a group
 of positions per state of its slice of training dates into the replay buffer, prices them with the rewards stage,
-trains a copy of the current head on exactly those groups (REINFORCE with the batch-mean baseline; optional PPO clip
-on the stored behaviour density and KL to the current head), early-stopped on a validation window, and registers the
-result in `checkpoints` (algorithm 'beta-head', with its parent and the groups it consumed). Held-out dates come
-after every training and validation date plus the reward horizon; their decisions are the deterministic mean
-position, paid by sql/rewards.sql like the project's random baseline beside them. The last head then goes through
-the evaluation stage (hitchhiker/evaluate.py) side by side with the baselines (and, optionally, the LLM).
+trains a copy of the current head on exactly those groups (passes of PPO's clipped ratio to the stored behaviour
+density with group-relative advantages; optional KL to the current head), early-stopped on a validation window, and
+registers the result in `checkpoints` (algorithm 'beta-head', with its parent and the groups it consumed). The
+validation window starts after the reward exit of the last training date (split_dates), and held-out dates after
+every training and validation date plus the reward horizon; their decisions are the deterministic mean position,
+paid by sql/rewards.sql like the project's random baseline beside them. The last head then goes through the
+evaluation stage (hitchhiker/evaluate.py) side by side with the baselines (and, optionally, the LLM).
 
 Idempotent: the run id hashes the configuration and the dates, and an iteration whose checkpoint folder exists is
 loaded instead of trained, so a re-run writes no second group, reward or checkpoint.
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hitchhiker import baselines, contract
+from hitchhiker import baselines, contract, db
 from hitchhiker.beta.features import FeatureSpec, feature_matrix, infer_spec, load_inputs
 from hitchhiker.beta.head import HEAD_VERSION, BetaHead, BetaHeadConfig, load_head, save_head, train_head
 from hitchhiker.rewards import RewardSpec
@@ -46,6 +47,7 @@ class BetaLoopConfig:
     train_dates: list[date] = field(default_factory=list)
     eval_dates: list[date] = field(default_factory=list)  # held out: after train and validation dates + horizon
     val_days: int = 20  # the last val_days training dates are kept out of training: the early-stopping window
+    # (training then ends where its last reward exits before that window: see split_dates)
     tickers: list[str] | None = None  # None: every ticker in prices
     iterations: int = 5
     states_per_iteration: int = 256  # one group per state
@@ -89,8 +91,11 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
     from hitchhiker.rewards import compute_rewards
     from hitchhiker.states import build_states
 
+    if config.group_size < 2:
+        raise ValueError(f"group_size {config.group_size}: the advantage is group-relative (reward minus its state's "
+                         f"group mean), so a group of one has no signal; use 2 or more")
     check_held_out_dates(con, config)  # the LLM loop's rule
-    train_dates, val_dates = _split(config)
+    train_dates, val_dates = split_dates(con, config)
     out_dir = Path(out_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 32-wide MLP: thread start-up costs more than the arithmetic
@@ -120,7 +125,9 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
         torch.manual_seed(config.seed)
         head = BetaHead(spec.n_features, config.head.hidden)
         head.fit_scaling(feature_matrix(con, spec, first))  # inputs of the first slice only: nothing later
-        ckpt_id, step = _checkpoint(con, run_dir, run_id, 0, head, spec, config, None, [], {}, 0)
+        windows = {"training_dates": [str(train_dates[0]), str(train_dates[-1])],
+                   "validation_dates": [str(val_dates[0]), str(val_dates[-1])]}
+        ckpt_id, step = _checkpoint(con, run_dir, run_id, 0, head, spec, config, None, [], {}, 0, windows=windows)
         head, _ = load_head(run_dir / ckpt_id)
         history: list[dict] = []
 
@@ -141,20 +148,20 @@ def run_beta_loop(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig, out_di
             sampled = sample_groups(con, head, spec, ckpt_id, ids, config.group_size, replay_root, config.seed)
             t1 = time.perf_counter()
             spec_name = compute_rewards(con, config.reward, replay_root)["reward_spec"]
-            x, pos, rew, blogp = training_rows(con, spec, sampled["group_ids"], spec_name)
+            x, pos, rew, adv, blogp = training_rows(con, spec, sampled["group_ids"], spec_name)
             t2 = time.perf_counter()
             new = copy.deepcopy(head).train()
             path = run_dir / f"{run_id}-i{it:04d}"
             fit = {}
             if not path.exists():  # a re-run loads the folder instead of training again (idempotent)
-                fit = train_head(new, (x, pos, rew, blogp), (val.x(spec), val.reward_fn()), config.head, previous=head)
+                fit = train_head(new, (x, pos, adv, blogp), (val.x(spec), val.reward_fn()), config.head, previous=head)
             last_epoch = fit["history"][-1] if fit.get("history") else {}
             metrics = {"reward_mean": float(rew.mean()), "reward_std": float(rew.std()), "rollouts": len(rew),
                        **{k: v for k, v in fit.items() if k != "history"},
-                       **{k: last_epoch[k] for k in ("loss", "kl", "adv_std") if k in last_epoch}}
+                       **{k: last_epoch[k] for k in ("loss", "kl", "clip_frac", "adv_std") if k in last_epoch}}
             steps = -(-len(x) // config.head.batch_size) * fit.get("epochs_run", 0)
             ckpt_id, step = _checkpoint(con, run_dir, run_id, it, new, spec, config, ckpt_id, sampled["group_ids"],
-                                        metrics, step + steps, spec_name)
+                                        metrics, step + steps, spec_name, windows)
             head, _ = load_head(run_dir / ckpt_id)
             t3 = time.perf_counter()
             over = config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s
@@ -216,12 +223,34 @@ class Pricing:
         return lambda p: p * unit
 
 
-def _split(config: BetaLoopConfig) -> tuple[list[date], list[date]]:
+def split_dates(con: duckdb.DuckDBPyConnection, config: BetaLoopConfig) -> tuple[list[date], list[date]]:
+    """(training dates, validation dates): the last val_days dates validate; training keeps the earlier dates whose
+    rewards have all exited before the first validation date.
+
+    Early stopping picks the head by its validation reward, so a training reward still open on a validation date
+    would let the same market move both train and select the head. The exit is the reward calendar's
+    (sql/train/last_training_exit.sql, the loop's held-out rule, with the longer of the states' and the reward's
+    horizons); it is monotone in the decision date, so training dates are dropped from the end until the last one
+    exits in time (one date with a 1-day horizon, h dates with h days).
+    """
+    from hitchhiker import rewards
+
     dates = sorted(config.train_dates)
     if config.val_days < 1 or len(dates) <= config.val_days:
         raise ValueError(f"{len(dates)} training dates leave none for training after a {config.val_days}-day "
                          f"validation window (val_days >= 1 and fewer than the training dates)")
-    return dates[:-config.val_days], dates[-config.val_days:]
+    train, val = dates[:-config.val_days], dates[-config.val_days:]
+    horizon = max(config.states.horizon_days, config.reward.horizon_days)
+    rewards.ensure_calendar(con)
+    while train:
+        ((last_exit, _),) = con.execute(db.sql_text("train/last_training_exit"), {
+            "last_train_date": train[-1], "horizon_days": horizon, "pairwise": config.states.mode == contract.PAIRWISE,
+        }).fetchall()
+        if last_exit is not None and last_exit < val[0]:
+            return train, val
+        train.pop()
+    raise ValueError(f"no training date's {horizon}-day reward exits before the validation window starts on {val[0]} "
+                     f"(fewer training dates than the horizon, or a smaller val_days)")
 
 
 def _ordered(con, ids: list[str]) -> list[str]:
@@ -239,7 +268,7 @@ def _run_id(config: BetaLoopConfig, spec: FeatureSpec, train_dates, val_dates) -
 
 def _checkpoint(con, run_dir: Path, run_id: str, iteration: int, head: BetaHead, spec: FeatureSpec,
                 config: BetaLoopConfig, parent_id: str | None, groups: list[str], metrics: dict, step: int,
-                reward_spec: str | None = None) -> tuple[str, int]:
+                reward_spec: str | None = None, windows: dict | None = None) -> tuple[str, int]:
     """Save (unless present) and register one head checkpoint; returns (its id, its step)."""
     from hitchhiker import registry
     from hitchhiker.policy import CHECKPOINT_META
@@ -253,7 +282,7 @@ def _checkpoint(con, run_dir: Path, run_id: str, iteration: int, head: BetaHead,
                 "base_model": f"{HEAD_VERSION}:features" + (f"+{spec.embedding_model}" if spec.embedding_model else ""),
                 "algorithm": "beta-head", "finetune": "full", "step": step, "reward_spec": reward_spec,
                 "iteration": iteration, "features": spec.to_json(), "config": asdict(config.head),
-                "train_metrics": metrics, "groups_used": list(groups)}
+                "train_metrics": metrics, "groups_used": list(groups), **(windows or {})}
         save_head(path, head, meta)
     registry.register(con, meta, str(path.resolve()), meta["train_metrics"], meta["groups_used"])
     return checkpoint_id, int(meta["step"])

@@ -69,7 +69,11 @@ def _row(state_id: str, gid: str, policy_version: str, k: int, position: float, 
 
 
 def training_rows(con: duckdb.DuckDBPyConnection, spec: FeatureSpec, group_ids: list[str], reward_spec: str):
-    """(features, positions, reward_usd, behaviour log-densities) tensors of the groups' rewarded rollouts."""
+    """(features, positions, reward_usd, advantage_usd, behaviour log-densities) tensors of the groups' rewarded
+    rollouts; the advantage is group-relative: the reward minus the mean reward of its state's group."""
+    from hitchhiker.rewards import ensure_advantages_view
+
+    ensure_advantages_view(con)
     df = con.execute(db.sql_text("beta/training_rows"), {"group_ids": list(group_ids), "reward_spec": reward_spec}).df()
     if df.empty:
         raise ValueError(f"none of the {len(group_ids)} groups has a reward under {reward_spec} yet (not matured?)")
@@ -78,7 +82,7 @@ def training_rows(con: duckdb.DuckDBPyConnection, spec: FeatureSpec, group_ids: 
     index = {s: i for i, s in enumerate(states)}
     x = x_state[torch.tensor([index[s] for s in df["state_id"]])]
     as_t = lambda c: torch.tensor(df[c].to_numpy(np.float64), dtype=torch.float32)  # noqa: E731
-    return x, as_t("position"), as_t("reward_usd"), as_t("behaviour_logprob")
+    return x, as_t("position"), as_t("reward_usd"), as_t("advantage_usd"), as_t("behaviour_logprob")
 
 
 def mean_position_decisions(con: duckdb.DuckDBPyConnection, head: BetaHead, spec: FeatureSpec,
