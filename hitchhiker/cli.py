@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hitchhiker import cli_audit, cli_eval
+from hitchhiker import cli_audit, cli_eval, cli_sql
 from hitchhiker.db import StoreError
 
 
@@ -30,41 +30,6 @@ def _location(args, name: str) -> str:
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-# --- sql -------------------------------------------------------------------------------------------------
-
-def _add_sql(sub, parent) -> None:
-    p = sub.add_parser("sql", parents=[parent], help="run SQL on the store (read-only unless --write)")
-    p.add_argument("query", help="SQL text, or @FILE to read it from a file")
-    p.add_argument("--write", action="store_true", help="open the database read-write")
-    p.add_argument("--max-rows", type=int, default=100)
-    p.add_argument("--csv", action="store_true", help="print the result as CSV (header + rows) instead of a table")
-    p.set_defaults(func=_cmd_sql)
-
-
-def _cmd_sql(args) -> int:
-    from hitchhiker import db
-
-    query = open(args.query[1:]).read() if args.query.startswith("@") else args.query
-    con = db.connect(args.db, read_only=not args.write, migrate_schema=args.write)
-    try:
-        rel = con.sql(query)
-    except Exception as e:  # duckdb's own message is the useful part
-        if not args.write and "read-only" in str(e).lower():
-            raise StoreError(f"refused: this statement writes, and the database was opened read-only; pass --write. ({e})") from None
-        raise StoreError(f"query failed: {e}") from None
-    if rel is None:
-        return 0
-    if args.csv:
-        import csv
-
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(rel.columns)
-        writer.writerows(rel.fetchall())
-    else:
-        rel.show(max_rows=args.max_rows, max_width=200)
-    return 0
 
 
 # --- ingest ----------------------------------------------------------------------------------------------
@@ -548,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     parent = _db_parent()
     _add_demo(sub, parent)
-    _add_sql(sub, parent)
+    cli_sql.add_sql(sub, parent)
     _add_server(sub, parent)
     _add_ingest(sub, parent)
     _add_states(sub, parent)

@@ -30,16 +30,19 @@ class StoreLockedError(StoreError):
     """Another process holds the DuckDB file for writing."""
 
 
-def connect(path: str | os.PathLike | None = None, read_only: bool = False, migrate_schema: bool = True) -> duckdb.DuckDBPyConnection:
-    """Open the store (creating and migrating it unless read-only); a held lock is a clear StoreLockedError."""
+def connect(path: str | os.PathLike | None = None, read_only: bool = False, migrate_schema: bool = True,
+            config: dict | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the store (creating and migrating it unless read-only); a held lock is a clear StoreLockedError.
+
+    config: more DuckDB settings to open it with (the read-only console's, hitchhiker.console)."""
     p = db_path(path)
     if read_only and not p.exists():
         raise StoreError(f"database {p} does not exist (run an ingest first, or pass --db / HITCHHIKER_DB)")
     if not read_only:
         p.parent.mkdir(parents=True, exist_ok=True)
     try:
-        config = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
-        con = duckdb.connect(str(p), read_only=read_only, config=config)
+        settings = {} if read_only else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
+        con = duckdb.connect(str(p), read_only=read_only, config={**settings, **(config or {})})
     except duckdb.IOException as e:
         if "lock" in str(e).lower():
             raise StoreLockedError(
