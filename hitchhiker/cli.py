@@ -7,6 +7,7 @@ $HITCHHIKER_STORAGE, else the folders beside the database).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from hitchhiker import cli_audit, cli_eval, cli_sql
@@ -510,6 +511,8 @@ def _cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hitchhiker", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line (also HITCHHIKER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     parent = _db_parent()
     _add_demo(sub, parent)
@@ -531,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (StoreError, ValueError, FileNotFoundError) as e:
+        if args.debug or os.environ.get("HITCHHIKER_DEBUG", "0") not in ("", "0"):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HITCHHIKER = [str(Path(sys.executable).parent / "hitchhiker")]
 
 
@@ -31,3 +33,16 @@ def test_sql_is_read_only_unless_write(db_file):
 def test_sql_on_missing_database_names_it(tmp_path):
     p = run("sql", "--db", str(tmp_path / "absent.duckdb"), "SELECT 1", check=False)
     assert p.returncode == 2 and "absent.duckdb" in p.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    from hitchhiker import cli, db
+
+    absent = str(tmp_path / "absent.duckdb")
+    p = run("--debug", "sql", "--db", absent, "SELECT 1", check=False)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "StoreError: database" in p.stderr, p.stderr
+    monkeypatch.setenv("HITCHHIKER_DEBUG", "1")
+    with pytest.raises(db.StoreError, match="absent.duckdb"):
+        cli.main(["sql", "--db", absent, "SELECT 1"])
+    monkeypatch.setenv("HITCHHIKER_DEBUG", "0")
+    assert cli.main(["sql", "--db", absent, "SELECT 1"]) == 2
