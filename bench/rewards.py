@@ -213,6 +213,12 @@ def pandas_rewards(prices: pd.DataFrame, states: pd.DataFrame, replay: pd.DataFr
     m = d[["ticker_a", "tb", "decision_date"]].drop_duplicates().reset_index(drop=True)
     m["market_id"] = np.arange(len(m))
     m = m.merge(pandas_calendar(px, m, spec.horizon_days), on="market_id")
+    # priced on T's own calendar only: both legs trade on T, and the entry is within the gap
+    for leg in ("ticker_a", "tb"):
+        m = m.merge(px[["ticker", "date"]], left_on=[leg, "decision_date"], right_on=["ticker", "date"]).drop(
+            columns=["ticker", "date"])
+    gap = (pd.to_datetime(m["first_day"]) - pd.to_datetime(m["decision_date"])).dt.days
+    m = m[gap <= spec.max_entry_gap_days].copy()
     m["entry_date"] = m["first_day"]
     imputed = np.zeros(len(m), dtype=bool)
     for leg, tag in (("ticker_a", "a"), ("tb", "b")):
@@ -311,7 +317,7 @@ def main() -> int:
     pandas_s = statistics.median(w for w, _ in pandas_runs)
     ratio = pandas_s / sql_s
     print(f"rollouts {args.rollouts:,} over {n_tickers} tickers; rewarded (matured) {counts['inserted']:,}, "
-          f"waiting {counts['waiting']:,}; {args.repeats} alternating runs, medians")
+          f"waiting {counts['waiting']:,}, never priced {counts['unpriceable']:,}; {args.repeats} alternating runs, medians")
     print("sql (compute_rewards into `rewards` + advantages): " + ", ".join(f"{w:.2f} s (cpu {c:.2f} s)" for w, c in sql_runs))
     print("pandas (read store, same rows into a table + advantages): "
           + ", ".join(f"{w:.2f} s (cpu {c:.2f} s)" for w, c in pandas_runs) + f"   max |sql - pandas| = {diff:.2e}")

@@ -37,23 +37,30 @@ def attach_table(result: dict) -> str:
                                    "std_reward_usd": None, "invalid_rate": None}]
     create_table_artifact(table=table, key=key, description=(
         f"Rewards newly matured under {result['reward_spec']}: {result['inserted']} rewarded, "
-        f"{result['waiting']} waiting for their exit price (reward_usd per $1)"))
+        f"{result['waiting']} waiting for their exit price, {result['unpriceable']} that can never be priced "
+        "(reward_usd per $1)"))
     return key
 
 
 @flow(name="compute_rewards")
 def compute_rewards(db: str | None = None, replay_root: str | None = None, horizon_days: int = 1,
                     entry: str = "next_open", pairwise: str = "long_short", cost_bps: float = 5.0,
-                    risk_lambda: float = 0.0, invalid_penalty_usd: float = 0.02, storage: str | None = None) -> dict:
+                    risk_lambda: float = 0.0, invalid_penalty_usd: float = 0.02, storage: str | None = None,
+                    max_entry_gap_days: int = 5) -> dict:
     """Reward matured rollouts (idempotent: a re-run adds only newly matured ones); returns the counts.
-    The replay is replay_root, else <storage>/replay (hitchhiker.storage), else the folder beside the store."""
+    The replay is replay_root, else <storage>/replay (hitchhiker.storage), else the folder beside the store.
+    A rollout that can never be priced (sql/rewards/unpriced.sql) is logged as a warning and left out."""
     spec = dict(horizon_days=horizon_days, entry=entry, pairwise=pairwise, cost_bps=cost_bps,
-                risk_lambda=risk_lambda, invalid_penalty_usd=invalid_penalty_usd)
+                risk_lambda=risk_lambda, invalid_penalty_usd=invalid_penalty_usd, max_entry_gap_days=max_entry_gap_days)
     RewardSpec(**spec)  # a bad parameter fails the flow before it takes the store
     from hitchhiker import replay
 
     result = compute(db, replay_root or replay.root_for(db, storage), spec)
     key = attach_table(result)
-    get_run_logger().info("rewards %s: %d rewarded, %d waiting, %s decision date(s) read (artifact %s)",
-                          result["reward_spec"], result["inserted"], result["waiting"], result["dates_read"], key)
+    logger = get_run_logger()
+    logger.info("rewards %s: %d rewarded, %d waiting, %d never to be priced, %s decision date(s) read (artifact %s)",
+                result["reward_spec"], result["inserted"], result["waiting"], result["unpriceable"], result["dates_read"],
+                key)
+    for state_id, why in result["unpriceable_states"].items():
+        logger.warning("state %s cannot be priced: %s", state_id, why)
     return {k: v for k, v in result.items() if k != "by_date"} | {"artifact_key": key}

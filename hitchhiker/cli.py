@@ -424,6 +424,8 @@ def _add_rewards(sub, parent) -> None:
     spec.add_argument("--cost-bps", type=float, default=5.0, help="cost per leg traded, basis points (default 5)")
     spec.add_argument("--risk-lambda", type=float, default=0.0, help="risk penalty lambda*|p|*sigma (default 0)")
     spec.add_argument("--invalid-penalty-usd", type=float, default=0.02, help="reward of an invalid completion is -this")
+    spec.add_argument("--max-entry-gap-days", type=int, default=5, help="next_open: enter at most this many calendar "
+                      "days after the decision date, else the decision is an error (default 5)")
     c = rsub.add_parser("compute", parents=[parent, spec], help="reward every matured rollout of the replay buffer")
     c.add_argument("--replay-root", default=None, help="replay Parquet root (default: <db stem>_replay/ beside the db)")
     c.set_defaults(func=_cmd_rewards_compute)
@@ -438,7 +440,8 @@ def _reward_spec(args):
     from hitchhiker.rewards import RewardSpec
 
     return RewardSpec(horizon_days=args.horizon_days, entry=args.entry, pairwise=args.pairwise, cost_bps=args.cost_bps,
-                      risk_lambda=args.risk_lambda, invalid_penalty_usd=args.invalid_penalty_usd)
+                      risk_lambda=args.risk_lambda, invalid_penalty_usd=args.invalid_penalty_usd,
+                      max_entry_gap_days=args.max_entry_gap_days)
 
 
 def _cmd_rewards_compute(args) -> int:
@@ -451,7 +454,10 @@ def _cmd_rewards_compute(args) -> int:
     finally:
         con.close()
     print(f"reward_spec {counts['reward_spec']}: {counts['inserted']} rewarded, {counts['waiting']} waiting for "
-          f"their exit price, {counts['total']} in all ({counts['dates_read']} decision date(s) read)")
+          f"their exit price, {counts['unpriceable']} that can never be priced, {counts['total']} in all "
+          f"({counts['dates_read']} decision date(s) read)")
+    for state_id, why in counts["unpriceable_states"].items():
+        print(f"  not priced: state {state_id}: {why}")
     return 0
 
 
@@ -466,7 +472,9 @@ def _cmd_rewards_preview(args) -> int:
         con.close()
     if args.out:
         out.to_csv(args.out, index=False)
-        print(f"{len(out)} decisions, {int(out['reward_usd'].notna().sum())} matured -> {args.out}")
+        n = out["status"].value_counts()
+        print(f"{len(out)} decisions: {n.get('rewarded', 0)} rewarded, {n.get('not_matured', 0)} not matured, "
+              f"{n.get('error', 0)} errors (see the reason column) -> {args.out}")
     else:
         print(out.to_string(index=False))
     return 0

@@ -3,12 +3,16 @@
 A reward is what $1.00 put to work as a rollout decided earned over the horizon (`reward_usd`, USD per $1).
 It is written only once the exit price exists, under a versioned `reward_spec` name that encodes the formula
 version, every parameter and a hash of the SQL, so a changed formula yields new rows instead of rewriting old ones.
-The same SQL serves the replay buffer (`compute_rewards`) and a user's what-if CSV (`preview`).
+The same SQL serves the replay buffer (`compute_rewards`) and a user's what-if CSV (`preview`). A decision is never
+priced on another day than its own: one on a day a leg did not trade, or whose entry would be more than
+`max_entry_gap_days` after it, is an error (preview's error rows; compute reports it and never rewards it), told apart
+from one that has not matured yet (sql/rewards/unpriced.sql).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -20,10 +24,13 @@ import pandas as pd
 
 from hitchhiker import contract, db
 
+log = logging.getLogger(__name__)
 FORMULA_VERSION = "usd1"  # bump when the meaning of a parameter changes without the SQL text changing
 ENTRIES = ("next_open", "decision_close")
 PAIRWISE_STYLES = ("long_short", "allocation")
 PREVIEW_COLUMNS = ("decision_date", "mode", "ticker_a", "ticker_b", "action", "proportion")
+DEFAULT_MAX_ENTRY_GAP_DAYS = 5  # also the default of the calendar macro (sql/rewards/calendar.sql)
+LISTED_UNPRICEABLE = 20  # compute_rewards names at most this many states it cannot price
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,15 @@ class RewardSpec:
     cost_bps: float = 5.0  # per leg traded, basis points of the leg's dollars
     risk_lambda: float = 0.0  # penalty lambda * |weight| * daily volatility over the state's history window
     invalid_penalty_usd: float = 0.02  # an unparseable completion earns -this (a day's move is ~0.01-0.02 per $1)
+    # 'next_open': the entry is at most this many calendar days after T, else the decision is an error, not repriced
+    # days or years later (a long weekend is 4 days; a leg halted for weeks, or no data near T, is beyond it)
+    max_entry_gap_days: int = DEFAULT_MAX_ENTRY_GAP_DAYS
 
     def __post_init__(self):
-        if not isinstance(self.horizon_days, int) or isinstance(self.horizon_days, bool) or self.horizon_days < 1:
-            raise ValueError(f"horizon_days {self.horizon_days!r} must be an integer >= 1")
+        for name in ("horizon_days", "max_entry_gap_days"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} {v!r} must be an integer >= 1")
         if self.entry not in ENTRIES:
             raise ValueError(f"entry {self.entry!r} is not one of {ENTRIES}")
         if self.pairwise not in PAIRWISE_STYLES:
@@ -51,10 +63,15 @@ class RewardSpec:
 
     @property
     def reward_spec(self) -> str:
-        """e.g. 'usd1:h=1,entry=next_open,pairwise=long_short,cost_bps=5,risk_lambda=0,invalid_penalty_usd=0.02,sql=1a2b3c4d'."""
-        params = ",".join(f"{k}={_number(v)}" for k, v in [
-            ("h", self.horizon_days), ("entry", self.entry), ("pairwise", self.pairwise), ("cost_bps", self.cost_bps),
-            ("risk_lambda", self.risk_lambda), ("invalid_penalty_usd", self.invalid_penalty_usd)])
+        """e.g. 'usd1:h=1,entry=next_open,pairwise=long_short,cost_bps=5,risk_lambda=0,invalid_penalty_usd=0.02,sql=1a2b3c4d'.
+
+        The entry gap is named only when it is not the default (',max_entry_gap_days=10' before 'sql='), so the
+        default spec's name keeps the parameters it had before the gap existed."""
+        named = [("h", self.horizon_days), ("entry", self.entry), ("pairwise", self.pairwise), ("cost_bps", self.cost_bps),
+                 ("risk_lambda", self.risk_lambda), ("invalid_penalty_usd", self.invalid_penalty_usd)]
+        if self.max_entry_gap_days != DEFAULT_MAX_ENTRY_GAP_DAYS:
+            named.append(("max_entry_gap_days", self.max_entry_gap_days))
+        params = ",".join(f"{k}={_number(v)}" for k, v in named)
         return f"{FORMULA_VERSION}:{params},sql={sql_sha256()[:8]}"
 
 
@@ -86,6 +103,7 @@ def set_spec_variables(con: duckdb.DuckDBPyConnection, spec: RewardSpec) -> None
         "reward_spec": spec.reward_spec,
         "reward_horizon_days": spec.horizon_days,
         "reward_entry": spec.entry,
+        "reward_max_entry_gap_days": spec.max_entry_gap_days,
         "reward_pairwise": spec.pairwise,
         "reward_cost_bps": float(spec.cost_bps),
         "reward_risk_lambda": float(spec.risk_lambda),
@@ -101,10 +119,40 @@ def ensure_advantages_view(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _check_decisions(con: duckdb.DuckDBPyConnection, what: str) -> None:
-    bad = con.execute(db.sql_text("rewards/bad_decisions")).fetchall()
+    bad = con.execute(db.sql_text("rewards/bad_decisions") + " LIMIT 5").fetchall()
     if bad:
-        rows = "; ".join(f"{r[0]} (mode={r[1]}, tickers={r[2]}/{r[3]}, action={r[4]!r}, proportion={r[5]}, position={r[6]})" for r in bad)
+        rows = "; ".join(f"{r[0]} (mode={r[2]}, tickers={r[3]}/{r[4]}, action={r[5]!r}, proportion={r[6]}, "
+                         f"position={r[7]}: {r[8]})" for r in bad)
         raise ValueError(f"{what}: decisions that cannot be priced (first {len(bad)}): {rows}")
+
+
+def _leave_out_bad_decisions(con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, str]]:
+    """Remove from the temp table `decisions` those sql/rewards.sql cannot price (sql/rewards/bad_decisions.sql);
+    returns (how many, {state_id: problem})."""
+    con.execute("CREATE OR REPLACE TEMP TABLE bad_decisions AS " + db.sql_text("rewards/bad_decisions"))
+    try:
+        n = con.execute("DELETE FROM decisions WHERE decision_id IN (SELECT decision_id FROM bad_decisions)").fetchall()[0][0]
+        return n, dict(con.execute("SELECT market_key, any_value(problem) FROM bad_decisions GROUP BY ALL").fetchall())
+    finally:
+        con.execute("DROP TABLE bad_decisions")
+
+
+def _market_errors(con: duckdb.DuckDBPyConnection, computed_at: datetime, spec: RewardSpec) -> tuple[int, dict[str, str]]:
+    """(rollouts, {state_id: why}) of the pending markets that got no reward in this run and never will
+    (sql/rewards/unpriced.sql over the markets of `decisions` without a row stamped computed_at)."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE unpriced_markets AS SELECT m.* FROM decision_markets AS m "
+        "SEMI JOIN decisions AS d USING (market_key) "
+        "ANTI JOIN (SELECT DISTINCT state_id FROM rewards WHERE reward_spec = ? AND computed_at = ?) AS done "
+        "ON done.state_id = m.market_key", [spec.reward_spec, computed_at])
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE market_errors AS SELECT market_key, reason "
+                    f"FROM ({db.sql_text('rewards/unpriced')}) WHERE status = 'error'")
+        n = con.execute("SELECT count(*) FROM decisions SEMI JOIN market_errors USING (market_key)").fetchall()[0][0]
+        return n, dict(con.execute("SELECT market_key, reason FROM market_errors").fetchall())
+    finally:
+        con.execute("DROP TABLE IF EXISTS market_errors")
+        con.execute("DROP TABLE unpriced_markets")
 
 
 def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpec(),
@@ -116,7 +164,11 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
     (sql/rewards/open_dates.sql, from the folder names or object keys: one listing): the Parquet files of finished
     dates are not opened, so a daily run does not re-read years of buffer. Without it the whole `replay` relation is
     read (any table or view of that name; over a remote root, replay.attach_storage must have registered it).
+    A rollout that can never be priced (its state is not in `states` or does not fit its mode, its day was not a
+    trading day of every leg, its entry would be beyond the spec's gap) gets no row, is left out and reported; it
+    never blocks the others, and a later run reports it again.
     Returns counts: pending (rollouts without a reward before the run), inserted, waiting (pending, not matured),
+    unpriceable (pending, never to be priced), unpriceable_states ({state_id: why}, at most LISTED_UNPRICEABLE),
     total (rows under this spec after the run), dates_read (decision dates read; None = all), plus reward_spec and
     computed_at (the run's stamp on its rows).
     """
@@ -141,15 +193,25 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
             repeated = [r for (r,) in con.execute(
                 "SELECT decision_id FROM decisions GROUP BY decision_id HAVING count(*) > 1 LIMIT 5").fetchall()]
             raise ValueError(f"replay: rollout_id(s) stored more than once, e.g. {', '.join(repeated)}")
-        _check_decisions(con, "replay")
+        n_unpriceable, unpriceable = _leave_out_bad_decisions(con)
         con.execute("CREATE OR REPLACE TEMP VIEW reward_rows AS " + db.sql_text("rewards"))
         inserted = con.execute(db.sql_text("rewards/insert")).fetchall()[0][0] if pending else 0
+        if inserted + n_unpriceable < pending:
+            n_errors, errors = _market_errors(con, computed_at, spec)
+            n_unpriceable += n_errors
+            unpriceable.update(errors)
         total = con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchall()[0][0]
         con.execute("DROP VIEW reward_rows")
         con.execute("DROP TABLE decisions")
         con.execute("DROP TABLE decision_markets")
         ensure_advantages_view(con)
-    return {"reward_spec": spec.reward_spec, "pending": pending, "inserted": inserted, "waiting": pending - inserted,
+    if unpriceable:
+        log.warning("rewards %s: %d pending rollout(s) of %d state(s) can never be priced and are left out, e.g. %s",
+                    spec.reward_spec, n_unpriceable, len(unpriceable),
+                    "; ".join(f"{k}: {v}" for k, v in sorted(unpriceable.items())[:5]))
+    return {"reward_spec": spec.reward_spec, "pending": pending, "inserted": inserted,
+            "waiting": pending - inserted - n_unpriceable, "unpriceable": n_unpriceable,
+            "unpriceable_states": dict(sorted(unpriceable.items())[:LISTED_UNPRICEABLE]),
             "total": total, "dates_read": None if open_dates is None else len(open_dates),
             "computed_at": computed_at.isoformat()}
 
@@ -178,9 +240,11 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
             history_days: int = 20) -> pd.DataFrame:
     """What-if rewards for the decisions in a CSV (`decision_date,mode,ticker_a,ticker_b,action,proportion`).
 
-    Returns those columns plus entry_date, exit_date, reward_usd and flags, in the file's order; a decision
-    whose exit price does not exist yet has them empty. An empty action stands for an invalid completion.
-    `history_days` is the volatility window of the risk penalty (a `history_days` column overrides it per row).
+    Returns those columns plus entry_date, exit_date, reward_usd, flags, status and reason, in the file's order.
+    status: 'rewarded'; 'not_matured' (its exit price does not exist yet); 'error' (it can never be priced: no
+    trading on T, a leg without a price on T, an entry beyond `max_entry_gap_days`). reason says why in words
+    (sql/rewards/unpriced.sql); the reward columns are empty unless rewarded. An empty action stands for an invalid
+    completion. `history_days` is the volatility window of the risk penalty (a `history_days` column overrides it).
     """
     decisions = _read_actions(Path(csv_path), history_days)
     known = {t for (t,) in con.execute("SELECT DISTINCT ticker FROM prices").fetchall()}
@@ -190,12 +254,19 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
     set_spec_variables(con, spec)
     with flat_decisions(con, decisions):
         _check_decisions(con, str(csv_path))
-        return con.execute(
-            "SELECT d.decision_date, d.mode, d.ticker_a, d.ticker_b, d.action_text AS action, d.proportion, "
-            "r.entry_date, r.exit_date, r.reward_usd, r.flags "
-            f"FROM decision_rows AS d LEFT JOIN ({db.sql_text('rewards')}) AS r USING (decision_id) "
-            "ORDER BY d.decision_id"
-        ).df()
+        con.execute("CREATE OR REPLACE TEMP VIEW unpriced_markets AS SELECT * FROM decision_markets")
+        try:
+            return con.execute(
+                "SELECT d.decision_date, d.mode, d.ticker_a, d.ticker_b, d.action_text AS action, d.proportion, "
+                "r.entry_date, r.exit_date, r.reward_usd, r.flags, "
+                "IF(r.entry_date IS NULL, u.status, 'rewarded') AS status, "
+                "IF(r.entry_date IS NULL, u.reason, NULL) AS reason "
+                f"FROM decision_rows AS d LEFT JOIN ({db.sql_text('rewards')}) AS r USING (decision_id) "
+                f"LEFT JOIN ({db.sql_text('rewards/unpriced')}) AS u ON u.market_key = d.decision_id "
+                "ORDER BY d.decision_id"
+            ).df()
+        finally:
+            con.execute("DROP VIEW unpriced_markets")
 
 
 @contextmanager

@@ -13,20 +13,23 @@
 -- VARIABLE each of:
 --   reward_horizon_days         INTEGER  sessions the position is exposed (exit = the h-th trading day after T)
 --   reward_entry                VARCHAR  'next_open' (adjusted open of the first trading day after T) | 'decision_close'
+--   reward_max_entry_gap_days   INTEGER  'next_open': the entry day is at most this many calendar days after T
 --   reward_pairwise             VARCHAR  'long_short' ($1 long the chosen, $1 short the other) | 'allocation'
 --   reward_cost_bps             DOUBLE   cost per leg traded, basis points of the leg's dollars
 --   reward_risk_lambda          DOUBLE   risk penalty per unit of |weight| x daily volatility (0 = off)
 --   reward_invalid_penalty_usd  DOUBLE   what an unparseable completion costs
 -- Output: the decision's columns plus its market's decision_date, ticker_a and ticker_b, weights, entry/exit dates,
 -- returns, costs and reward_usd, one row per decision whose exit price exists (matured); a decision of today is
--- absent, not NULL.
+-- absent, not NULL, and so is one that can never be priced (T not a trading day of every leg, an entry beyond the
+-- gap): sql/rewards/unpriced.sql tells the two apart.
 --
 -- The calendar is the reward calendar, sql/rewards/calendar.sql (the table macro reward_calendar, which
 -- hitchhiker.rewards.set_spec_variables creates; by hand: `.read sql/rewards/calendar.sql`): trading days are the dates
 -- present in `prices` for the ticker (for a pair: the dates on which both have prices). With T the decision date, the
 -- exit is the close of the h-th trading day after T; the entry is the open of the first trading day after T
--- ('next_open', so the position is exposed for h sessions) or T's own close ('decision_close', which needs a price on
--- T for every leg). No price after the exit and none before T enters a reward. Prices are adjusted by adj_close /
+-- ('next_open', so the position is exposed for h sessions; at most reward_max_entry_gap_days calendar days after T)
+-- or T's own close ('decision_close'). Either needs a price on T for every leg: a decision is never priced on another
+-- day than its own. No price after the exit and none before T enters a reward. Prices are adjusted by adj_close /
 -- close where the source gives both (splits and dividends between entry and exit are then in the return); a missing
 -- open is replaced by that day's close and the row is flagged 'open_imputed'.
 WITH
@@ -49,7 +52,8 @@ calendar_markets AS (
 ),
 calendar AS MATERIALIZED (
     SELECT market_key AS market_id, entry_date, exit_date
-    FROM reward_calendar('calendar_markets', getvariable('reward_entry'))
+    FROM reward_calendar('calendar_markets', getvariable('reward_entry'),
+                         calendar_max_entry_gap_days := getvariable('reward_max_entry_gap_days'))
 ),
 -- Adjusted prices: USD per share, in today's share units.
 adjusted AS (

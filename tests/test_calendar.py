@@ -113,3 +113,29 @@ def test_greedy_accuracy_counts_states_without_an_outcome(store, tmp_path):
     assert (got["n"], got["n_unpriced"]) == (1, 1)
     with pytest.raises(ValueError, match="none of the 1 evaluation states has a matured outcome"):
         loop.greedy_accuracy(store, policy, ["s-last"])
+
+
+def test_a_halt_beyond_the_entry_gap_is_priced_by_no_consumer(store, tmp_path):
+    """ABBV does not trade for three sessions after T: the pair's first common day is 6 days after T, beyond the
+    default gap. The reward is an error row, and the loop's pair outcome has none either (the same calendar); a spec
+    with a wider gap prices both on that day."""
+    store.execute("DELETE FROM prices WHERE ticker = 'ABBV' AND date BETWEEN ? AND ?", [HOLIDAY, date(2016, 7, 15)])
+    csv = tmp_path / "actions.csv"
+    csv.write_text(f"decision_date,mode,ticker_a,ticker_b,action\n{T},pairwise,AAP,ABBV,A\n")
+    out = rewards.preview(store, csv)
+    assert (out["status"][0], out["reason"][0]) == ("error", "entry 2016-07-18 (the first trading day of both legs "
+                                                             "after T) is 6 days after T, more than max_entry_gap_days=5")
+    assert loop.pair_outcomes(store, ["s-T"]) == {}
+    # the calendar macro's own default (what the gate's dates and the walk-forward checks ask) is the spec's
+    assert f"calendar_max_entry_gap_days := {rewards.RewardSpec().max_entry_gap_days})" in db.sql_text("rewards/calendar")
+    rewards.ensure_calendar(store)
+    store.execute("CREATE TEMP TABLE halted AS SELECT 's-T' AS market_key, ?::DATE AS decision_date, 'AAP' AS ticker_a, "
+                  "'ABBV' AS ticker_b, 1 AS horizon_days", [T])
+    assert store.execute("SELECT * FROM reward_calendar('halted', 'next_open')").fetchall() == []
+    assert store.execute("SELECT entry_date FROM reward_calendar('halted', 'next_open', calendar_max_entry_gap_days := 6)"
+                         ).fetchall() == [(date(2016, 7, 18),)]
+    wider = rewards.RewardSpec(max_entry_gap_days=6)
+    out = rewards.preview(store, csv, wider)
+    assert out["status"][0] == "rewarded" and pd.Timestamp(out["entry_date"][0]).date() == date(2016, 7, 18)
+    assert loop.pair_outcomes(store, ["s-T"], wider)["s-T"] == pytest.approx(
+        (_session_return(store, "AAP", date(2016, 7, 18)), _session_return(store, "ABBV", date(2016, 7, 18))), abs=1e-12)

@@ -4,18 +4,23 @@
 --
 -- A table macro (temporary, per connection; hitchhiker.rewards.ensure_calendar creates it from this file, and so
 -- does `.read sql/rewards/calendar.sql` in the duckdb CLI):
---   reward_calendar(calendar_markets, calendar_entry)
+--   reward_calendar(calendar_markets, calendar_entry[, calendar_max_entry_gap_days := 5])
 --     calendar_markets  VARCHAR  the name of a relation (table, view or CTE) with one row per market:
 --                                market_key (any type), decision_date DATE, ticker_a VARCHAR, ticker_b VARCHAR (NULL:
 --                                one stock, its own calendar), horizon_days INTEGER (>= 1)
 --     calendar_entry    VARCHAR  'next_open' (enter at the first trading day after T) | 'decision_close' (at T's close)
+--     calendar_max_entry_gap_days  INTEGER  'next_open': the entry is at most this many calendar days after T (the
+--                                default, 5, is RewardSpec's; NULL: no bound)
 --   returns (market_key, entry_date, exit_date): one row per market whose exit day is in `prices` (matured); a market
---   whose horizon has not passed yet, or whose legs share no such day, is absent, not NULL.
+--   whose horizon has not passed yet, whose legs share no such day, that cannot be priced on its own day (below) is
+--   absent, not NULL. sql/rewards/unpriced.sql says which of these a market is.
 --
 -- Trading days are the dates present in `prices` for the ticker (for a pair: the dates on which both have prices).
 -- With T the decision date and h its horizon_days, the exit is the h-th trading day after T; the entry is the first
--- trading day after T ('next_open', so the position is exposed for h sessions) or T itself ('decision_close', which
--- needs T to be a trading day of every leg, else the market is absent).
+-- trading day after T ('next_open', so the position is exposed for h sessions) or T itself ('decision_close').
+-- No decision is priced on another day than its own: T must be a trading day of every leg (a Saturday, a holiday, a
+-- day before a listing or during a halt prices nothing), and a 'next_open' entry more than the gap after T (a leg
+-- halted for weeks, data missing) is no entry at all; such a market is absent, never moved to a later day.
 --
 -- How the calendar is read without a search per market: the dates of `prices` are numbered once (market days, g),
 -- and each market (A, B, T) is anchored at the first market day after T on which both legs are listed (or at T for
@@ -23,7 +28,7 @@
 -- then equality lookups. When both legs have a price on each of those days, they are the pair's first common
 -- trading days and entry and exit are exact (`direct`, nearly every market). The few where a leg misses one of those
 -- days (a halted stock, a holiday of one exchange) walk the pair's common days one by one (`walked`).
-CREATE OR REPLACE TEMP MACRO reward_calendar(calendar_markets, calendar_entry) AS TABLE
+CREATE OR REPLACE TEMP MACRO reward_calendar(calendar_markets, calendar_entry, calendar_max_entry_gap_days := 5) AS TABLE
 WITH
 -- The markets, numbered. A market of one stock uses A's own calendar (B := A).
 calendar_input AS MATERIALIZED (
@@ -56,8 +61,16 @@ calendar_listed AS MATERIALIZED (
     JOIN calendar_days AS f ON f.date = t.first_date
     JOIN calendar_days AS l ON l.date = t.last_date
 ),
+-- The markets both of whose legs have a price on T: no other market is priced.
+calendar_traded AS MATERIALIZED (
+    SELECT m.*
+    FROM calendar_input AS m
+    SEMI JOIN prices AS pa ON pa.ticker = m.ticker_a AND pa.date = m.decision_date
+    SEMI JOIN prices AS pb ON pb.ticker = m.ticker_b AND pb.date = m.decision_date
+),
 -- Per market, its anchor and the last day both legs are listed. The market is left out when the data cannot hold h
--- common days after T yet (not matured), and for 'decision_close' when T is not a day both legs can have a price.
+-- common days after T yet (not matured), for 'decision_close' when T is not a day both legs can have a price, and
+-- for 'next_open' when the anchor (no later than the entry) is already beyond the gap.
 calendar_anchors AS MATERIALIZED (
     SELECT
         m.calendar_id,
@@ -69,7 +82,7 @@ calendar_anchors AS MATERIALIZED (
         anchor.g AS anchor_g,
         anchor.date AS anchor_date,
         last_common.date AS last_common_date
-    FROM calendar_input AS m
+    FROM calendar_traded AS m
     ASOF JOIN calendar_days AS after_t ON after_t.date > m.decision_date
     JOIN calendar_listed AS la ON la.ticker = m.ticker_a
     JOIN calendar_listed AS lb ON lb.ticker = m.ticker_b
@@ -79,6 +92,8 @@ calendar_anchors AS MATERIALIZED (
     WHERE anchor.g + m.n_days - 1 <= last_common.g
       AND (calendar_entry = 'next_open'
            OR (anchor.date = m.decision_date AND anchor.g >= greatest(la.first_g, lb.first_g)))
+      AND (calendar_entry <> 'next_open' OR calendar_max_entry_gap_days IS NULL
+           OR anchor.date <= m.decision_date + CAST(calendar_max_entry_gap_days AS INTEGER))
 ),
 -- The anchor and the n_days - 1 market days after it, for each leg: the first is the entry day, the last the exit.
 -- Materialized, so that the join order cannot pair each leg with every price row of its ticker before the day is set.
@@ -130,6 +145,8 @@ calendar_dates AS (
         after_t[horizon_days] AS exit_date
     FROM calendar_walked
     WHERE len(after_t) >= horizon_days AND (calendar_entry = 'next_open' OR on_t)
+      AND (calendar_entry <> 'next_open' OR calendar_max_entry_gap_days IS NULL
+           OR after_t[1] <= decision_date + CAST(calendar_max_entry_gap_days AS INTEGER))
 )
 SELECT m.market_key, c.entry_date, c.exit_date
 FROM calendar_dates AS c
