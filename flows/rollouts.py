@@ -57,6 +57,7 @@ def attach_summary(summary: dict, start: str, end: str) -> str:
         {"metric": "states in range", "value": summary["states"]},
         {"metric": "groups written", "value": summary["groups_written"]},
         {"metric": "groups skipped (already there)", "value": summary["groups_skipped"]},
+        {"metric": "states that cannot be sampled (skipped, see the log)", "value": len(summary["states_failed"])},
         {"metric": "states left (max_states)", "value": summary["states_left"]},
         {"metric": "rollouts", "value": n},
         {"metric": "valid-format rate", "value": None if summary["valid_rate"] is None else round(summary["valid_rate"], 4)},
@@ -69,6 +70,11 @@ def attach_summary(summary: dict, start: str, end: str) -> str:
         f"Rollouts {start} .. {end} by {summary['policy_version']}: {summary['groups_written']} groups written, "
         f"{summary['groups_skipped']} already there (action rows: share of this run's rollouts)"))
     return key
+
+
+def _log_failed(summary: dict) -> None:
+    for state_id, why in summary["states_failed"].items():
+        get_run_logger().warning("state %s skipped, its group cannot be sampled or stored: %s", state_id, why)
 
 
 @flow(name="generate_rollouts")
@@ -91,8 +97,9 @@ def generate_rollouts(start: str, end: str | None = None, db: str | None = None,
     get_run_logger().info("rollouts %s..%s by %s: %d groups written, %d already there, valid rate %s, %.0f tokens/s "
                           "(artifact %s)", start, end, summary["policy_version"], summary["groups_written"],
                           summary["groups_skipped"], summary["valid_rate"], summary["tokens_per_s"], key)
+    _log_failed(summary)
     return {k: summary[k] for k in ("groups_written", "groups_skipped", "states_left", "valid_rate", "tokens_per_s",
-                                    "policy_version")}
+                                    "policy_version", "states_failed")}
 
 
 @task
@@ -154,6 +161,7 @@ def sample_snapshot(snapshot_url: str, replay_root: str, group_size: int = 8, se
     summary = sample_snapshot_groups(snapshot_url, replay_root, group_size, seed, max_new_tokens)
     start, end = summary["first_date"], summary["last_date"]
     key = attach_summary(summary, start, end)
+    _log_failed(summary)
     get_run_logger().info("rollouts %s..%s (snapshot %s) by %s: %d groups written, %d already there, valid rate %s, "
                           "%.0f tokens/s (artifact %s)", start, end, snapshot_url, summary["policy_version"],
                           summary["groups_written"], summary["groups_skipped"], summary["valid_rate"],

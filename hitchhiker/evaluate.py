@@ -315,6 +315,12 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
     return run
 
 
+def a_is_first_of_pair(tickers) -> bool:
+    """Whether stock A is the first of its pair key (the sorted tickers joined by '-'), read from the tickers: the
+    key cannot be split back at '-' ('BRK-B-XOM' is BRK-B and XOM)."""
+    return tickers[0] == min(tickers)
+
+
 def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, universe, is_model: bool):
     """(summary, grounding, daily frame, decisions to store) of one subject."""
     pairwise = config.mode == contract.PAIRWISE and f["state_id"].notna().all()
@@ -327,8 +333,7 @@ def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, univ
         picked = np.where(chose_a == 0, 0.0, np.where(better_a == 0, 0.5, (chose_a == better_a).astype(float)))
         picked = np.where(f["valid"], picked, 0.0)  # no answer is not a right answer
         exposure_a = 2 * prop - 1
-        first_is_a = np.array([state_by_id.loc[s, "tickers"][0] == state_by_id.loc[s, "pair"].split("-")[0]
-                               for s in f["state_id"]])
+        first_is_a = np.array([a_is_first_of_pair(state_by_id.loc[s, "tickers"]) for s in f["state_id"]])
         exposure = np.where(first_is_a, exposure_a, -exposure_a)
     else:
         exposure = f["position"].astype(float).fillna(0.0).to_numpy()

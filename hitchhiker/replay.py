@@ -5,6 +5,10 @@ Layout under a root, a local folder (default `<db file stem>_replay/` beside the
 
     decision_date=2016-01-04/pair=AAP-ABBV/<group_id>.parquet
 
+A pair is named in its folder by Hive's percent escaping (escape_partition): tickers as Yahoo writes them keep their
+value, `EURUSD=X` becomes `pair=EURUSD%3DX-XOM`, and DuckDB's Hive reader decodes it, so the view's `pair` is the
+pair as stored in `states`. Letters, digits, '-', '.' and '_' are kept, so the ordinary names are unchanged.
+
 Why files and not a DuckDB table: rollout workers (a GPU box, several processes) write their own files without
 DuckDB's single-writer lock, the root can be object storage, and a query on one date or one pair opens only that
 partition. Locally each file is written to a hidden temp name and renamed into place (atomic on one filesystem); on
@@ -19,6 +23,7 @@ this module. A view over a remote root reads through an fsspec filesystem regist
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +60,7 @@ FILE_SCHEMA = pa.schema([
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])
 GLOB = "decision_date=*/pair=*/*.parquet"
+_KEPT = re.compile(r"[A-Za-z0-9._-]")  # what a partition name keeps as it is: every other byte is %XX
 Root = str | os.PathLike  # a local folder, or a storage URL such as s3://bucket/prefix/replay
 
 
@@ -69,6 +75,31 @@ def root_for(db_file: str | os.PathLike | None, storage: str | None = None) -> s
     return _storage.location(db_file, storage, "replay")
 
 
+def escape_partition(value: str) -> str:
+    """A partition value as a folder name: Hive's percent escaping. Every UTF-8 byte of a character other than an
+    ASCII letter, digit, '-', '.' or '_' becomes %XX (upper-case hex), '%' itself included, so the name holds no '/',
+    '=', glob or shell character, and unescape_partition (and DuckDB's Hive reader) give the value back exactly."""
+    return "".join(c if _KEPT.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in value)
+
+
+def unescape_partition(name: str) -> str:
+    """The value a partition folder name stands for (the inverse of escape_partition; %xx of either case)."""
+    out, i = bytearray(), 0
+    while i < len(name):
+        if name[i] == "%":
+            if not re.fullmatch(r"[0-9A-Fa-f]{2}", name[i + 1 : i + 3]):
+                raise ValueError(f"partition name {name!r}: '%' at {i} is not followed by two hex digits")
+            out.append(int(name[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out += name[i].encode()
+            i += 1
+    try:
+        return out.decode()
+    except UnicodeDecodeError:
+        raise ValueError(f"partition name {name!r} does not decode to UTF-8 text") from None
+
+
 def group_path(root: Root, decision_date: date | str, pair: str, group_id: str) -> Path | str:
     """Where one group's file lives: a Path under a local root, a URL under a remote one."""
     d = decision_date if isinstance(decision_date, str) else decision_date.isoformat()
@@ -76,9 +107,9 @@ def group_path(root: Root, decision_date: date | str, pair: str, group_id: str) 
         date.fromisoformat(d)  # a malformed date would create a partition no filter can reach
     except ValueError:
         raise ValueError(f"decision_date {d!r} is not a date (YYYY-MM-DD)") from None
-    if not pair or "/" in pair or "=" in pair:
-        raise ValueError(f"pair {pair!r} cannot name a partition folder")
-    where = _storage.join(root, f"decision_date={d}", f"pair={pair}", f"{group_id}.parquet")
+    if not isinstance(pair, str) or not pair:
+        raise ValueError(f"pair {pair!r} cannot name a partition folder (it must be a non-empty text)")
+    where = _storage.join(root, f"decision_date={d}", f"pair={escape_partition(pair)}", f"{group_id}.parquet")
     return Path(where) if _storage.is_local(root) else where
 
 

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from hitchhiker import contract, replay
 
 if TYPE_CHECKING:
     import duckdb
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,9 +90,17 @@ def select_state_ids(con: duckdb.DuckDBPyConnection, start: date | str, end: dat
 def missing_state_ids(con: duckdb.DuckDBPyConnection, start: date | str, end: date | str, policy_version: str, root,
                       mode: str | None = None) -> tuple[int, list[str]]:
     """(number of states of [start, end], ids of those with no group yet for policy_version under root), in date
-    order. Which groups exist is read from the file names under root, not from the database."""
+    order. Which groups exist is read from the file names under root, not from the database. A state whose group
+    cannot be named (a bad partition key) counts as missing: sampling reports it (sample_states)."""
     rows = _states_in_range(con, start, end, mode)
-    return len(rows), [sid for sid, day, pair in rows if not replay.has_group(root, day, pair, group_id(sid, policy_version))]
+    return len(rows), [sid for sid, day, pair in rows if not _has_group(root, day, pair, group_id(sid, policy_version))]
+
+
+def _has_group(root, day, pair, gid: str) -> bool:
+    try:
+        return replay.has_group(root, day, pair, gid)
+    except ValueError:
+        return False
 
 
 def _states_in_range(con, start, end, mode) -> list[tuple]:
@@ -182,10 +193,27 @@ def generate_dates(db_file, start: date | str, end: date | str, policy_config, c
             "states_left": len(missing) - len(states)}
 
 
+def _prompt_or_failure(policy, state: State, failed: dict[str, str]) -> list[int] | None:
+    """The state's prompt ids, or None after recording in `failed` why its group cannot be sampled or stored."""
+    try:
+        replay.group_path("/", state.decision_date, state.pair, "check")  # its partition keys name a folder
+        return policy.prompt_ids(state.messages)
+    except (ValueError, TypeError, KeyError) as e:
+        failed[state.state_id] = str(e) or type(e).__name__
+        return None
+
+
 def sample_states(policy, states: list[State], config: SamplingConfig, root, progress: Callable[[int, int], None] | None = None) -> dict:
     """Sample and write the groups of `states` missing under root, a folder or a storage URL (no database needed:
-    workers can run this)."""
-    todo = [s for s in states if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))]
+    workers can run this).
+
+    A state that cannot be sampled or stored (partition keys that name no folder, messages the chat template cannot
+    render, rows that do not fit the file schema) is skipped, logged and listed in `states_failed` (state_id ->
+    why); it never stops the other states of its date or batch."""
+    failed: dict[str, str] = {}
+    todo = [s for s in states if not _has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))]
+    prompt_of = {s.state_id: p for s in todo if (p := _prompt_or_failure(policy, s, failed)) is not None}
+    todo = [s for s in todo if s.state_id in prompt_of]
     sampler = _vllm_sampler(policy) if config.backend == "vllm" and todo else sample_token_groups
     started = time.perf_counter()
     actions, n_valid, n_rows, n_tokens, written = Counter(), 0, 0, 0, 0
@@ -194,7 +222,6 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
     # Batches of similar prompt lengths: a batch is padded to its longest prompt, so mixing a 460-token prompt with
     # an 820-token one doubles the first one's prefill. Samples do not depend on the batching (one generator per
     # group), so the order only changes speed.
-    prompt_of = {s.state_id: policy.prompt_ids(s.messages) for s in todo}
     todo = sorted(todo, key=lambda s: len(prompt_of[s.state_id]))
     for i in range(0, len(todo), config.groups_per_batch):
         batch = todo[i : i + config.groups_per_batch]
@@ -210,8 +237,12 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         now = datetime.now(timezone.utc)
         for state, gid, prompt, temps, group in zip(batch, gids, prompts, temperatures.tolist(), samples):
             rows = [_row(policy, state, gid, prompt, k, t, config.top_p, ids, lps, now) for k, (t, (ids, lps)) in enumerate(zip(temps, group))]
-            if replay.write_group(root, state.decision_date, state.pair, gid, rows) is None:
-                continue  # another worker wrote this group meanwhile: its rows count there, not here
+            try:
+                if replay.write_group(root, state.decision_date, state.pair, gid, rows) is None:
+                    continue  # another worker wrote this group meanwhile: its rows count there, not here
+            except (ValueError, TypeError) as e:  # this state's rows (pyarrow's ArrowInvalid is a ValueError)
+                failed[state.state_id] = str(e) or type(e).__name__
+                continue
             written += 1
             for r in rows:
                 n_rows += 1
@@ -221,10 +252,15 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         if progress:
             progress(min(i + len(batch), len(todo)), len(todo))
     seconds = time.perf_counter() - started
+    for state_id, why in failed.items():
+        state = next(s for s in states if s.state_id == state_id)
+        log.warning("state %s (%s %s) skipped, its group cannot be sampled or stored: %s", state_id,
+                    state.decision_date, state.pair, why)
     return {
         "states": len(states),
         "groups_written": written,
-        "groups_skipped": len(states) - written,
+        "groups_skipped": len(states) - written - len(failed),
+        "states_failed": failed,
         "rollouts": n_rows,
         "valid_rate": n_valid / n_rows if n_rows else None,
         "actions": dict(actions),

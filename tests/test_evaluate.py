@@ -429,3 +429,13 @@ def test_a_promoted_beta_head_is_not_the_language_model_champion(tmp_path):
                 "(now(), 'head-1', true, 'mean_reward_usd', 0, 'won')")
     assert gate.champion(con) == "grpo-1"
     con.close()
+
+
+def test_the_orientation_of_a_pair_comes_from_its_tickers_not_from_splitting_its_key():
+    """The pair key is the sorted tickers joined by '-' (sql/states/pairs.sql): 'BRK-B-XOM' cannot be split back at
+    '-'. Turnover's fixed orientation (long the pair's first ticker) is read from the state's tickers."""
+    import duckdb
+
+    for a, b in [("BRK-B", "XOM"), ("XOM", "BRK-B"), ("BRK-B", "BRK"), ("EURUSD=X", "^GSPC"), ("AAP", "A")]:
+        (first,) = duckdb.execute("SELECT IF(?::VARCHAR < ?::VARCHAR, ?, ?)", [a, b, a, b]).fetchone()  # states' order
+        assert evaluate.a_is_first_of_pair([a, b]) == (first == a), (a, b)

@@ -263,3 +263,73 @@ def test_group_sampler_matches_a_full_forward_of_each_completion(sliding):
                 logits = model(input_ids=torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1]
             expected = torch.log_softmax(logits / t, -1).gather(1, torch.tensor(ids)[:, None]).squeeze(1)
             assert torch.allclose(expected, torch.tensor(lps, dtype=torch.float32), atol=1e-4)
+
+
+def test_a_state_that_cannot_be_sampled_is_reported_and_the_rest_of_its_date_is_written(real_db, tmp_path, caplog):
+    """One state whose group cannot be stored (here a pair that names no folder) is skipped with its reason; every
+    other group of its date is written, and a re-run writes nothing new and reports it again."""
+    path = tmp_path / "one_bad.duckdb"
+    shutil.copy(real_db, path)
+    con = db.connect(path)
+    ids = rollouts.select_state_ids(con, KILL_FIRST, KILL_FIRST)
+    bad = ids[3]
+    con.execute("UPDATE states SET pair = '' WHERE state_id = ?", [bad])
+    con.close()
+    root = tmp_path / "replay"
+    config = SamplingConfig(group_size=2, max_new_tokens=6)
+    with caplog.at_level("WARNING", logger="hitchhiker.rollouts"):
+        summary = rollouts.generate_dates(path, KILL_FIRST, KILL_FIRST, PolicyConfig(), config, root)
+    assert (summary["states"], summary["groups_written"]) == (len(ids), len(ids) - 1)
+    assert list(summary["states_failed"]) == [bad] and "pair ''" in summary["states_failed"][bad]
+    assert bad in caplog.text and "pair ''" in caplog.text
+    con = duckdb.connect(str(path))
+    assert sorted(s for (s,) in con.execute("SELECT DISTINCT state_id FROM replay").fetchall()) == sorted(set(ids) - {bad})
+    con.close()
+    again = rollouts.generate_dates(path, KILL_FIRST, KILL_FIRST, PolicyConfig(), config, root)
+    assert (again["groups_written"], list(again["states_failed"])) == (0, [bad])
+
+
+YAHOO_SYMBOLS = {"EURUSD=X": "AAP", "BRK-B": "ABBV", "^GSPC": "ABC", "XOM": "XOM"}  # symbol -> real rows renamed
+
+
+def test_yahoo_symbols_go_from_prices_to_rewards_and_read_back_from_the_replay_view(shared_data, tmp_path):
+    """Tickers as Yahoo writes them ('=', '-', '^'): prices -> states -> rollouts -> rewards -> the replay view, each
+    pair read back as stored, each reward priced on its state's own tickers (not on the pair split at '-')."""
+    import csv
+
+    from hitchhiker import prices, rewards, states
+
+    long_csv = tmp_path / "yahoo.csv"
+    with open(long_csv, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["ticker", "date", "open", "high", "low", "close", "adj_close", "volume"])
+        for symbol, source in YAHOO_SYMBOLS.items():
+            with open(shared_data / "prices" / "sp500_5yr" / f"{source}_data.csv") as g:
+                for r in csv.DictReader(g):
+                    if "2016-01-01" <= r["date"] <= "2016-04-29":
+                        out.writerow([symbol, r["date"], r["open"], r["high"], r["low"], r["close"], "", r["volume"]])
+    path = tmp_path / "yahoo.duckdb"
+    con = db.connect(path)
+    assert prices.ingest_csv(con, long_csv).rejected == 0
+    days = states.trading_days(con, "2016-03-01", "2016-03-02")
+    tok = load_tokenizer()
+    for mode in ("pairwise", "elementwise"):
+        states.build_states(con, states.StatesConfig(mode=mode, style="trend"), days, list(YAHOO_SYMBOLS), tokenizer=tok)
+    pairs = {p for (p,) in con.execute("SELECT pair FROM states").fetchall()}
+    assert {"BRK-B-EURUSD=X", "BRK-B-XOM", "BRK-B-^GSPC", "EURUSD=X", "^GSPC"} <= pairs and len(pairs) == 10
+    con.close()
+
+    root = tmp_path / "replay"
+    summary = rollouts.generate_dates(path, "2016-03-01", "2016-03-02", PolicyConfig(),
+                                      SamplingConfig(group_size=2, max_new_tokens=8), root)
+    assert (summary["states"], summary["groups_written"], summary["states_failed"]) == (20, 20, {})
+    con = db.connect(path)
+    counts = rewards.compute_rewards(con, rewards.RewardSpec(), root)
+    assert (counts["inserted"], counts["waiting"], counts["unpriceable"]) == (40, 0, 0)
+    assert con.execute("SELECT count(*) FROM replay AS r JOIN states AS s USING (state_id) "
+                       "WHERE r.pair = s.pair AND r.decision_date = s.decision_date").fetchall() == [(40,)]
+    assert {p for (p,) in con.execute("SELECT DISTINCT pair FROM replay").fetchall()} == pairs
+    assert con.execute("SELECT count(*) FROM rewards AS w JOIN states AS s USING (state_id) "
+                       "WHERE [w.ticker_a] || IF(w.ticker_b IS NULL, [], [w.ticker_b]) = s.tickers").fetchall() == [(40,)]
+    assert con.execute("SELECT count(*) FROM replay WHERE pair = 'EURUSD=X'").fetchall() == [(4,)]  # two days x 2
+    con.close()

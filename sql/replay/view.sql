@@ -1,4 +1,6 @@
 -- The replay buffer over its Hive-partitioned Parquet files: {root}/decision_date=YYYY-MM-DD/pair=AAA-BBB/<group_id>.parquet.
+-- The pair is percent-escaped in its folder name (hitchhiker.replay.escape_partition: pair=EURUSD%3DX-XOM) and DuckDB's
+-- Hive reader decodes it, so `pair` reads back the pair as stored in `states`.
 -- decision_date and pair come from the folder names, so a filter on either prunes files before any is opened
 -- (EXPLAIN ANALYZE shows "Scanning Files: k/n"). The glob is expanded at query time: files written by other
 -- workers after this view was created are seen. Temp files (".<name>.tmp-<pid>") do not match the glob.
