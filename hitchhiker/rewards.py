@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+from pandas.errors import EmptyDataError
 
 from hitchhiker import contract, db
 
@@ -287,7 +288,11 @@ def _read_actions(path: Path, history_days: int) -> pd.DataFrame:
     """The CSV as a `decisions` relation; a malformed row is an error naming the file and line."""
     if not path.is_file():
         raise FileNotFoundError(f"actions file {path} not found")
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except EmptyDataError:  # pandas' message ("No columns to parse from file") does not say which file
+        raise ValueError(f"{path}: empty file; expected a header {','.join(PREVIEW_COLUMNS)} and one decision a "
+                         "line") from None
     missing = [c for c in ("decision_date", "mode", "ticker_a", "action") if c not in raw.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(PREVIEW_COLUMNS)}")

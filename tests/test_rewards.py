@@ -486,6 +486,9 @@ def test_states_that_cannot_be_priced_are_reported_and_the_rest_of_their_date_re
     ("decision_date,mode,ticker_a,ticker_b,action\n2015-03-06,elementwise,O,,maybe\n", "line 2: action 'maybe'"),
     ("decision_date,mode,ticker_a,ticker_b,action\n2015-03-06,elementwise,ZZZZ,,buy\n", "ZZZZ"),
     ("date,mode\n2015-03-06,elementwise\n", "missing column"),
+    ("", "bad.csv: empty file"),
+    ("\n\n", "bad.csv: empty file"),
+    ("decision_date,mode,ticker_a,action\n", "bad.csv: no decisions"),
 ])
 def test_preview_bad_input_names_it(store, tmp_path, text, message):
     con, *_ = store
@@ -515,6 +518,10 @@ def test_preview_cli(store, tmp_path):
     p = subprocess.run([exe, "rewards", "preview", "--db", str(path), "--actions", str(tmp_path / "absent.csv")],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "absent.csv" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "empty.csv").write_text("")
+    p = subprocess.run([exe, "rewards", "preview", "--db", str(path), "--actions", str(tmp_path / "empty.csv")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "empty.csv: empty file" in p.stderr and "Traceback" not in p.stderr
 
 
 def _write_replay(root, rows: list[dict]) -> None:
