@@ -20,6 +20,7 @@ import duckdb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _result import report  # noqa: E402  (bench/ is the script's own folder on sys.path)
 
 from hitchhiker import db, prices  # noqa: E402
 
@@ -93,9 +94,7 @@ def main() -> int:
           f"re-ingest median {statistics.median(rerun):.2f}s")
     e = statistics.median(explicit)
     print(f"for reference: read_csv with explicit columns (no sniffing) median {e:.2f}s, hitchhiker / that = {h / e:.2f}")
-    verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
-    print(f"RESULT ingest ratio={ratio:.2f} target=<={TARGET_RATIO} {verdict}")
-    return 0
+    return report("ingest", ratio, "<=", TARGET_RATIO)
 
 
 if __name__ == "__main__":

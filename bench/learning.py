@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _result import report  # noqa: E402  (bench/ is the script's own folder on sys.path)
 
 from hitchhiker import db  # noqa: E402
 from hitchhiker.loop import run_loop, synthetic_setup  # noqa: E402
@@ -59,8 +60,7 @@ def main() -> int:
     times = [r["seconds_to_target"] for r in results if r["seconds_to_target"] is not None]
     ratio = len(times) / len(results)
     print(f"median time to {TARGET}: {statistics.median(times):.0f} s" if times else f"no seed reached {TARGET}")
-    print(f"RESULT learning ratio={ratio:.2f} target=>=0.8 {'PASS' if ratio >= 0.8 else 'FAIL'}")
-    return 0
+    return report("learning", ratio, ">=", TARGET)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _result import report  # noqa: E402  (bench/ is the script's own folder on sys.path)
 
 from hitchhiker import db, rewards  # noqa: E402
 
@@ -327,10 +328,8 @@ def main() -> int:
           f"pandas {pandas_cpu:.2f} s, pandas/sql {pandas_cpu / sql_cpu:.2f}")
     print(f"sql input/output alone (append the finished rows to an empty table + read advantages): {floor_s:.2f} s; "
           f"the ratio of a reward computation taking no time would be {pandas_s / floor_s:.1f}")
-    ok = ratio >= 10 and sql_s < 2.0
-    print(f"RESULT rewards ratio={ratio:.2f} target=>=10 and sql<2s (sql {sql_s:.2f}s) {'PASS' if ok else 'FAIL'}")
-    return 0
+    return report("rewards", ratio, ">=", 10, checks=(("sql_seconds", sql_s, "<", 2.0),))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _result import report  # noqa: E402  (bench/ is the script's own folder on sys.path)
 
 TICKERS = ["A", "AAP", "ABBV", "ABC", "AAL", "AAPL", "ABT"]
 TARGET = 5.0
@@ -111,8 +112,7 @@ def main() -> int:
     print(f"naive generate per sample : {naive_tokens:6d} completion tokens in {naive_s:7.2f}s = {naive_rate:8.1f} tokens/s "
           f"(median of {', '.join(f'{s:.2f}' for s in naive_runs)})")
     ratio = hh_rate / naive_rate
-    print(f"RESULT rollouts ratio={ratio:.2f} target=>={TARGET:g} {'PASS' if ratio >= TARGET else 'FAIL'}")
-    return 0
+    return report("rollouts", ratio, ">=", TARGET)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""The Beta head's loop learns the synthetic market, on CPU, within two minutes; registry, replay and eval are shared."""
+"""The Beta head's loop learns the synthetic market on CPU; registry, replay and eval are shared.
+
+How long it takes is bench/beta_head.py's (its `default_loop_seconds` check: <= 120 s a seed), not a test's.
+"""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -13,24 +15,19 @@ from hitchhiker import db, replay
 from hitchhiker.beta.loop import run_beta_loop, synthetic_setup
 from hitchhiker.synthetic import SyntheticMarket
 
-BUDGET_S = 120  # the acceptance: well above the random baseline within 2 minutes on CPU
-
 
 @pytest.mark.slow
-def test_beta_head_beats_random_on_held_out_dates_within_two_minutes(tmp_path):
+def test_beta_head_beats_random_on_held_out_dates(tmp_path):
     from hitchhiker.default_model import default_model_path
 
     default_model_path()  # the tokenizer that counts prompt tokens, built (once, cached) before the clock starts
     con = db.connect(tmp_path / "beta.duckdb")
-    started = time.perf_counter()
     # stops after the iteration that passes 75 s (the final evaluation takes ~10 s more): on a quiet 2-core machine
     # all 4 iterations run in about a minute; on a busy one fewer do, and 2 are enough to pass
     cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=60, iterations=4, n_boot=500, time_budget_s=75)
     res = run_beta_loop(con, cfg, tmp_path / "loop", tmp_path / "replay")
-    seconds = time.perf_counter() - started
     first, last = res.history[0], res.history[-1]
     print([(h["iteration"], round(h["seconds"]), round(h["mean_reward_usd"], 5)) for h in res.history])
-    assert seconds <= BUDGET_S, seconds
     # held-out rewards are the rewards SQL's price of the mean positions; the random baseline's likewise
     assert last["n"] == 480 and last["iteration"] >= 2
     random_reward = last["random_mean_reward_usd"]

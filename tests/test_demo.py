@@ -1,8 +1,8 @@
 """`hitchhiker demo` as a newcomer runs it, and the example queries in sql/queries/ on the store it leaves.
 
-The demo runs once per module, as a subprocess in an empty folder, offline. The default small model is built first
-when the session's model cache is empty (timed apart): the demo's own budget is with the model cached, and the build
-plus the demo keep the from-scratch budget.
+The demo runs once per module, as a subprocess in an empty folder, offline, with the default small model built
+first when the session's model cache is empty. Its times are printed; the budgets (180 s with the model cached, 300 s
+with the build) are bench/demo.py's.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from hitchhiker.demo import MANIFEST, DemoConfig, paths, start_clean
 from hitchhiker.default_model import BUILDER_VERSION
 
 HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
-BUDGET_S = 180  # the acceptance: under 3 minutes on 2 cores with the default model cached
-FROM_SCRATCH_BUDGET_S = 300  # ... and under 5 minutes with the model's first build
+TIMEOUT_S = 600  # a hung demo fails here; how fast it must be is bench/demo.py's
 QUERIES = sorted((db.SQL_DIR / "queries").glob("*.sql"))
 PRINTED = re.compile(r"^(report|database|replay|checkpoints|TensorBoard):\s+(\S+)", re.M)
 
@@ -41,7 +40,7 @@ def demo(tmp_path_factory):
     env.pop("HITCHHIKER_DB", None)
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    p = subprocess.run([HITCHHIKER, "demo"], cwd=cwd, env=env, capture_output=True, text=True, timeout=BUDGET_S + 300)
+    p = subprocess.run([HITCHHIKER, "demo"], cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     seconds = time.perf_counter() - started
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = cpu.ru_utime - cpu_before.ru_utime + cpu.ru_stime - cpu_before.ru_stime
@@ -51,13 +50,11 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_demo_completes_offline_with_the_model_cached_within_budget(demo):
+def test_demo_completes_offline_with_the_model_cached(demo):
     p = demo["p"]
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "default small model: cached" in p.stdout  # the demo's time is with the model cached
     assert (demo["home"] / "models" / BUILDER_VERSION / "config.json").is_file()
-    assert demo["seconds"] < BUDGET_S, f"demo took {demo['seconds']:.0f} s ({demo['cpu_s']:.0f} s CPU), budget {BUDGET_S} s"
-    assert demo["build_s"] + demo["seconds"] < FROM_SCRATCH_BUDGET_S, (demo["build_s"], demo["seconds"])
     assert re.search(r"^demo finished in \d+ s$", p.stdout, re.M)
     assert "Traceback" not in p.stderr
 
