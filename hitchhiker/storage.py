@@ -136,6 +136,7 @@ def write_bytes(url: str | os.PathLike, data: bytes) -> None:
                 f.flush()
                 os.fsync(f.fileno())  # the rename must not become visible before the bytes are on disk
             os.replace(tmp, final)
+            fsync_path(final.parent)  # the rename itself, durable
         finally:
             tmp.unlink(missing_ok=True)
         return
@@ -186,9 +187,9 @@ def sha256_file(path: str | os.PathLike) -> str:
 def commit_dir(src: str | os.PathLike, url: str | os.PathLike, meta: dict | None = None) -> dict:
     """Publish a local folder's files at url, then the manifest (name, size, sha256 of each file, and meta) last.
 
-    A local destination is built under a hidden temp name, every file fsynced, and renamed whole; object storage gets
-    one PUT per file and the manifest after them. Committing a url that already has a manifest changes nothing
-    (returns the existing manifest): a result is written once."""
+    A local destination is built under a hidden temp name, every file and folder fsynced, and renamed whole (then
+    its parent fsynced); object storage gets one PUT per file and the manifest after them. Committing a url that
+    already has a manifest changes nothing (returns the existing manifest): a result is written once."""
     if committed(url):
         return read_manifest(url)
     src = Path(src)
@@ -205,12 +206,12 @@ def commit_dir(src: str | os.PathLike, url: str | os.PathLike, meta: dict | None
                 dest = work / p.relative_to(src)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(p, dest)
-                _fsync(dest)
             (work / MANIFEST).write_bytes(body)
-            _fsync(work / MANIFEST)
+            fsync_tree(work)
             if final.exists():  # files of an earlier, uncommitted attempt (no manifest): never visible, replaced
                 shutil.rmtree(final)
             os.replace(work, final)
+            fsync_path(final.parent)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return manifest
@@ -221,9 +222,27 @@ def commit_dir(src: str | os.PathLike, url: str | os.PathLike, meta: dict | None
     return manifest
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under folder, then its sub-folders (deepest first) and folder itself.
+
+    Called before the rename that publishes a folder: a crash after the rename must not leave the published name
+    pointing at files whose bytes or directory entries never reached the disk."""
+    folder = Path(folder)
+    inside = list(folder.rglob("*"))
+    for p in sorted(p for p in inside if not p.is_dir()):
+        fsync_path(p)
+    for p in sorted((p for p in inside if p.is_dir()), key=lambda p: -len(p.parts)):
+        fsync_path(p)
+    fsync_path(folder)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync one file or folder (a folder's fsync makes the names in it, a rename's among them, durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def committed(url: str | os.PathLike) -> bool:

@@ -59,6 +59,69 @@ def test_write_bytes_replaces_whole_or_not_at_all_locally(tmp_path, monkeypatch)
     assert storage.read_bytes(target) == b"second"
 
 
+def _record_fsyncs_and_renames(monkeypatch) -> list[tuple]:
+    """Every os.fsync (as the path its descriptor names) and os.replace, in order."""
+    import os
+
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _assert_fsynced_before_rename(events: list[tuple], final: Path) -> None:
+    """Every file and folder of the published folder was fsynced under its temp name before the rename that
+    published it, and the parent after it (the rename itself durable)."""
+    (at,) = [i for i, e in enumerate(events) if e[0] == "replace" and e[2] == str(final)]
+    work = Path(events[at][1])
+    synced_before = {e[1] for e in events[:at] if e[0] == "fsync"}
+    inside = sorted(p.relative_to(final) for p in final.rglob("*"))
+    assert inside and {str(work / rel) for rel in inside} | {str(work)} <= synced_before, \
+        sorted({str(work / rel) for rel in inside} - synced_before)
+    assert ("fsync", str(final.parent)) in events[at + 1:]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads descriptors' paths from /proc")
+def test_commit_dir_fsyncs_every_file_and_folder_before_the_rename(tmp_path, monkeypatch):
+    events = _record_fsyncs_and_renames(monkeypatch)
+    final = tmp_path / "root" / "result"
+    storage.commit_dir(_folder(tmp_path), final, {"step": 1})
+    assert {p.relative_to(final).as_posix() for p in final.rglob("*")} == {
+        "weights.bin", "sub", "sub/config.json", storage.MANIFEST}
+    _assert_fsynced_before_rename(events, final)
+    storage.write_bytes(tmp_path / "one" / "file.bin", b"x")  # one file: fsynced before, its folder after the rename
+    (at,) = [i for i, e in enumerate(events) if e[0] == "replace" and e[2].endswith("file.bin")]
+    assert events[at - 1] == ("fsync", events[at][1]) and events[at + 1] == ("fsync", str(tmp_path / "one"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads descriptors' paths from /proc")
+def test_a_grpo_checkpoint_and_a_beta_head_are_fsynced_before_their_rename(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hitchhiker.beta.head import BetaHead, save_head
+    from hitchhiker.train import checkpoints as ckpts
+    from train_helpers import tiny_model_dir
+
+    model_dir = tiny_model_dir(tmp_path / "tiny")
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    events = _record_fsyncs_and_renames(monkeypatch)
+    url = ckpts.save(tmp_path / "run", "grpo-x-s00001", model, tok, {"step": 1}, trainer_state={"step": 1})
+    assert (Path(url) / ckpts.TRAINER_STATE).is_file() and (Path(url) / storage.MANIFEST).is_file()
+    _assert_fsynced_before_rename(events, Path(url))
+    head = save_head(tmp_path / "heads" / "beta-head-x", BetaHead(n_features=4), {"step": 1})
+    _assert_fsynced_before_rename(events, head)
+
+
 def test_write_read_glob_and_listdir(root):
     for d, p in [("2016-01-04", "A-B"), ("2016-01-04", "C-D"), ("2016-01-05", "A-B")]:
         storage.write_bytes(storage.join(root, f"decision_date={d}", f"pair={p}", "g.parquet"), d.encode())

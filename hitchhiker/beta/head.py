@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.distributions import Beta, kl_divergence
 
+from hitchhiker import storage
+
 HEAD_VERSION = "beta-head-v1"
 HEAD_FILE = "head.pt"  # the state dict; beside it hitchhiker_checkpoint.json (the registry's metadata)
 
@@ -173,7 +175,9 @@ def save_head(path: str | os.PathLike, head: BetaHead, meta: dict) -> Path:
         torch.save(head.state_dict(), work / HEAD_FILE)
         full = {**meta, "head": {"version": HEAD_VERSION, "n_features": head.n_features, "hidden": head.hidden}}
         (work / CHECKPOINT_META).write_text(json.dumps(full, indent=1, default=str))
+        storage.fsync_tree(work)  # on disk before the name that makes it a checkpoint
         os.replace(work, path)
+        storage.fsync_path(path.parent)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path
