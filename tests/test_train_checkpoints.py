@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -61,45 +60,87 @@ def test_registry_lineage_and_policy_loads_checkpoint(model_dir, tmp_path):
         ckpts.get(con, "nope")
 
 
-def test_resume_after_kill_9_uses_every_group_once(model_dir, tmp_path):
-    groups = make_groups(model_dir, N_GROUPS, seed=4)
-    con = db.connect(tmp_path / "straight.duckdb")
-    straight = train_grpo(con, GRPOConfig(**CONFIG), tmp_path / "straight", groups=groups, base_model=str(model_dir))
-    straight_groups = ckpts.lineage_groups(con, straight.checkpoint_id)
+@pytest.fixture(scope="module")
+def straight(model_dir, tmp_path_factory):
+    """The uninterrupted run every killed one must end equal to: its result and the groups of its lineage."""
+    work = tmp_path_factory.mktemp("straight")
+    con = db.connect(work / "straight.duckdb")
+    res = train_grpo(con, GRPOConfig(**CONFIG), work / "run", groups=make_groups(model_dir, N_GROUPS, seed=4),
+                     base_model=str(model_dir))
+    groups = ckpts.lineage_groups(con, res.checkpoint_id)
     con.close()
+    return res, groups
 
+
+# Where the child kills itself (6 optimizer steps, a checkpoint after steps 2, 4 and 6), and the steps committed by then.
+KILL_POINTS = {
+    "after-step-1": [],  # before any checkpoint: the resumed run starts from the base model
+    "after-step-3": [2],
+    "after-step-6": [2, 4],  # the last step, before its (final) checkpoint
+    "saving-step-4-before-rename": [2],  # every file written and fsynced under the temp name, not yet renamed
+    "saving-step-4-after-rename": [2, 4],  # renamed into place, the trainer gone before it went on
+}
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from hitchhiker import db
+from hitchhiker.train.config import GRPOConfig
+from hitchhiker.batches import train_grpo
+from train_helpers import make_groups
+
+point = {point!r}
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+on_step_end = None
+if point.startswith("after-step-"):  # right after that optimizer step, before any save it would trigger
+    k = int(point.rsplit("-", 1)[1])
+    on_step_end = lambda step, metrics: step == k and die()  # noqa: E731
+else:
+    real_replace = os.replace
+    def replace(src, dst):  # the rename that publishes step 4's checkpoint folder
+        if str(dst).endswith("-s00004") and point.endswith("before-rename"):
+            die()
+        real_replace(src, dst)
+        if str(dst).endswith("-s00004"):
+            die()
+    os.replace = replace
+groups = make_groups({model_dir!r}, {n_groups}, seed=4)
+train_grpo(db.connect({db_file!r}), GRPOConfig(**{config!r}), {run!r}, groups=groups, base_model={model_dir!r},
+           on_step_end=on_step_end)
+"""
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_resume_after_kill_9_uses_every_group_once(point, straight, model_dir, tmp_path):
+    """Killed with SIGKILL at `point`, then resumed: each group used once and the uninterrupted run's weights."""
+    straight, straight_groups = straight
+    committed = KILL_POINTS[point]
     killed_db, killed_run = tmp_path / "killed.duckdb", tmp_path / "killed"
-    # The child kills itself with SIGKILL right after optimizer step 3: step 2 is checkpointed, step 3 is lost.
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from hitchhiker import db
-        from hitchhiker.train.config import GRPOConfig
-        from hitchhiker.batches import train_grpo
-        from train_helpers import make_groups
-        groups = make_groups({str(model_dir)!r}, {N_GROUPS}, seed=4)
-        def die(step, metrics):
-            if step == 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-        train_grpo(db.connect({str(killed_db)!r}), GRPOConfig(**{CONFIG!r}), {str(killed_run)!r}, groups=groups,
-                   base_model={str(model_dir)!r}, on_step_end=die)
-    """)
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), point=point, model_dir=str(model_dir),
+                                n_groups=N_GROUPS, db_file=str(killed_db), config=CONFIG, run=str(killed_run))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=os.environ)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    if point.endswith("before-rename"):  # step 4's files lie complete under a hidden temp name: no checkpoint
+        assert [p.name for p in killed_run.glob(".*-s00004-*")]
     con = db.connect(killed_db)
-    # the trainer commits, the orchestrator registers: the killed run's committed step-2 checkpoint is registered by
+    # the trainer commits, the orchestrator registers: the killed run's committed checkpoints are registered by
     # the next look at the recorded runs (a daily run's first task), and nothing uncommitted is
     assert con.execute("SELECT count(*) FROM checkpoints").fetchone() == (0,)
-    assert {k: v for k, v in ckpts.register_known_runs(con).items()} == {str(killed_run): [f"{straight.run_id}-s00002"]}
-    assert [r[0] for r in con.execute("SELECT step FROM checkpoints").fetchall()] == [2]
+    registered = ckpts.register_known_runs(con).get(str(killed_run), [])
+    assert registered == [f"{straight.run_id}-s{s:05d}" for s in committed]
+    assert [r[0] for r in con.execute("SELECT step FROM checkpoints ORDER BY step").fetchall()] == committed
 
     resumed = train_grpo(con, GRPOConfig(**CONFIG), killed_run, base_model=str(model_dir))  # the plan is in the run dir
-    assert [m["step"] for m in resumed.metrics] == [3, 4, 5, 6]  # continued after the last checkpoint
+    last = committed[-1] if committed else 0
+    assert [m["step"] for m in resumed.metrics] == list(range(last + 1, 7))  # continued after the last checkpoint
     used = ckpts.lineage_groups(con, resumed.checkpoint_id)
     assert len(used) == len(set(used)) == N_GROUPS  # no group trained twice, none skipped
     assert sorted(used) == sorted(straight_groups)
     per_ckpt = con.execute("SELECT step, groups_used FROM checkpoints ORDER BY step").fetchall()
     assert [s for s, _ in per_ckpt] == [2, 4, 6]
+    assert resumed.checkpoint_id == straight.checkpoint_id
     # and the model is the one the uninterrupted run produced (optimizer, scheduler and RNG restored)
     a, b = _adapter_weights(straight.path), _adapter_weights(resumed.path)
     assert a.keys() == b.keys()
