@@ -73,15 +73,19 @@ def _cmd_ingest_prices(args) -> int:
 
     if args.tickers is not None and not args.start:
         raise ValueError("--tickers needs --start (YYYY-MM-DD)")
+    if args.tickers is not None:
+        import datetime as dt
+
+        end = args.end or (dt.date.today() + dt.timedelta(days=1)).isoformat()
+        # Download (retries and backoff included) before opening the store: its lock is held only for the write.
+        bars, failed = prices.download_yfinance(args.tickers, args.start, end)
     con = db.connect(args.db)
     try:
         if args.csv:
             report = prices.ingest_csv(con, args.csv)
         else:
-            import datetime as dt
-
-            end = args.end or (dt.date.today() + dt.timedelta(days=1)).isoformat()
-            report = prices.ingest_yfinance(con, args.tickers, args.start, end)
+            report = prices.ingest_bars(con, bars)
+            report.failed = failed
         total = con.execute("SELECT count(*), count(DISTINCT ticker) FROM prices").fetchone()
     finally:
         con.close()

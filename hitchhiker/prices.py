@@ -9,7 +9,8 @@ Bad input policy (also in README "Ingest"):
 - The same (ticker, date) twice in a batch with different values fails the batch (naming both places);
   an exact repeat is collapsed and counted in `duplicates`.
 - A row no later stage can use (NaN/zero/negative price, missing close, unknown ticker symbol, implausible
-  date) is rejected: not stored, counted, and listed in `problems` with its file and line.
+  date, a negative or fractional volume) is rejected: not stored, counted, and listed in `problems` with its
+  file and line.
 - Real vendor quirks are kept and flagged in `prices.flags`: 'missing_ohlc' (open/high/low NULL),
   'low_above_high', 'close_outside_range'.
 - yfinance: a ticker whose frame comes back empty (network failure, rate limit, unknown symbol) is retried
@@ -157,9 +158,9 @@ class _Diagnosed(Exception):
     """Rolls back the diagnostic read."""
 
 
-def _lines_of(path: str, keys: set[tuple[str, date]]) -> dict[tuple[str, date], int]:
-    """Line numbers of (ticker, date) rows in a price CSV; only used to name rows in error messages."""
-    found: dict[tuple[str, date], int] = {}
+def _lines_of(path: str, keys: set[tuple[str, date]]) -> dict[tuple[str, date], list[int]]:
+    """Line numbers of (ticker, date) rows in a price CSV, in file order; only used to name rows in error messages."""
+    found: dict[tuple[str, date], list[int]] = {}
     with _open_text(Path(path)) as f:
         reader = csv.DictReader(f)
         for row in reader:
@@ -168,28 +169,31 @@ def _lines_of(path: str, keys: set[tuple[str, date]]) -> dict[tuple[str, date], 
                 day = datetime.strptime((row.get("date") or "").strip(), "%Y-%m-%d").date()
             except ValueError:
                 continue
-            if (ticker, day) in keys and (ticker, day) not in found:
-                found[(ticker, day)] = reader.line_num
+            if (ticker, day) in keys:
+                found.setdefault((ticker, day), []).append(reader.line_num)
     return found
 
 
 def _where(rows: list[tuple[str, str, date]]) -> list[str]:
-    """'file:line' (or 'yfinance TICKER DATE') for each (origin, ticker, date)."""
-    lines: dict[tuple[str, str, date], int] = {}
+    """'file:line' (or 'yfinance TICKER DATE') for each (origin, ticker, date); a key repeated in one file is given
+    its lines in file order (a conflict inside one file names both lines)."""
+    lines: dict[tuple[str, str, date], list[int]] = {}
     for origin in {o for o, _, _ in rows if o != "yfinance"}:
         keys = {(t or "", d) for o, t, d in rows if o == origin}
-        for key, line in _lines_of(origin, keys).items():
-            lines[(origin, *key)] = line
+        for key, found in _lines_of(origin, keys).items():
+            lines[(origin, *key)] = found
     out = []
     for origin, ticker, day in rows:
         if origin == "yfinance":
             out.append(f"yfinance {ticker} {day}")
         else:
-            out.append(f"{origin}:{lines.get((origin, ticker or '', day), '?')}")
+            left = lines.get((origin, ticker or "", day))
+            out.append(f"{origin}:{left.pop(0) if left else '?'}")
     return out
 
 
-_BATCH_COLUMNS = "ticker, date, open, high, low, close, adj_close, volume, origin, flags"
+# volume is staged as DOUBLE so that a fractional one can be rejected (a BIGINT read would round it).
+_BATCH_COLUMNS = "ticker, date, open, high, low, close, adj_close, CAST(volume AS BIGINT) AS volume, origin, flags"
 
 
 def _validate_and_upsert(con, source: str) -> IngestReport:
@@ -344,7 +348,10 @@ def ingest_bars(con: duckdb.DuckDBPyConnection, bars, source: str = "yfinance") 
 
 def ingest_yfinance(con: duckdb.DuckDBPyConnection, tickers: Iterable[str], start, end, session=None,
                     retries: int = 3, backoff_s: float = 2.0) -> IngestReport:
-    """Download daily bars from Yahoo and upsert them; empty tickers are reported in `failed`, not raised."""
+    """Download daily bars from Yahoo and upsert them; empty tickers are reported in `failed`, not raised.
+
+    `con` is held through the downloads and their retries: a caller that holds the store's single writer lock
+    downloads first (`download_yfinance`) and opens the store only to `ingest_bars`, as the CLI and flows do."""
     bars, failed = download_yfinance(tickers, start, end, session=session, retries=retries, backoff_s=backoff_s)
     report = ingest_bars(con, bars)
     report.failed = failed

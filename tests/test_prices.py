@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from hitchhiker import db, demo_data, prices
-from http_fixtures import YahooToLocalSession, local_server
+from http_fixtures import LocalServer, YahooToLocalSession, local_server
 
 LONG_HEADER = "ticker,date,open,high,low,close,adj_close,volume\n"
 
@@ -101,6 +101,38 @@ def test_repeats_in_a_batch_collapse_and_conflicts_fail_naming_both(tmp_path, db
         prices.ingest_csv(con, [a, other])
     assert f"{a}:2" in str(err.value) and f"{other}:3" in str(err.value)
     assert _rows(con, "SELECT ticker, close FROM prices") == [("AAA", 10.5)]  # the batch was rolled back whole
+
+
+def test_a_conflict_inside_one_file_names_both_lines(tmp_path, db_file):
+    con = db.connect(db_file)
+    f = _write(tmp_path / "twice.csv", LONG_HEADER + "BBB,2020-01-02,1,1,1,1,1,1\n"
+                                                    "AAA,2020-01-02,10,11,9,10.5,10.4,100\n"
+                                                    "AAA,2020-01-02,10,11,9,99,10.4,100\n")
+    with pytest.raises(prices.PriceInputError, match="different values") as err:
+        prices.ingest_csv(con, f)
+    assert f"AAA 2020-01-02: {f}:3\nAAA 2020-01-02: {f}:4" in str(err.value)
+
+
+def test_a_fractional_volume_is_rejected_not_rounded(tmp_path, db_file):
+    import pandas as pd
+
+    con = db.connect(db_file)
+    long = _write(tmp_path / "long.csv", LONG_HEADER + "AAA,2020-01-02,10,11,9,10.5,10.4,100\n"
+                                                      "AAA,2020-01-03,10,11,9,10.5,10.4,100.5\n")
+    sp500 = _write(tmp_path / "BBB_data.csv", "date,open,high,low,close,volume,Name\n"
+                                              "2020-01-02,10,11,9,10.5,1e3,BBB\n"
+                                              "2020-01-03,10,11,9,10.5,2.25,BBB\n")
+    report = prices.ingest_csv(con, [long, sp500])
+    assert (report.read, report.inserted, report.rejected) == (4, 2, 2)
+    assert sorted(report.problems) == sorted([f"{long}:3: volume 100.5 is not a whole number of shares",
+                                              f"{sp500}:3: volume 2.25 is not a whole number of shares"])
+    bars = pd.DataFrame({"ticker": ["CCC", "CCC"], "date": [date(2020, 1, 2), date(2020, 1, 3)], "open": [1.0, 1.0],
+                         "high": [1.0, 1.0], "low": [1.0, 1.0], "close": [1.0, 1.0], "adj_close": [1.0, 1.0],
+                         "volume": [7.0, 7.5]})
+    report = prices.ingest_bars(con, bars)
+    assert (report.inserted, report.rejected) == (1, 1)
+    assert report.problems == ["yfinance CCC 2020-01-03: volume 7.5 is not a whole number of shares"]
+    assert _rows(con, "SELECT ticker, volume FROM prices ORDER BY ALL") == [("AAA", 100), ("BBB", 1000), ("CCC", 7)]
 
 
 def test_unknown_header_and_missing_path_are_named(tmp_path, db_file):
@@ -234,3 +266,52 @@ def test_cli_ingest_against_a_locked_store_is_a_clear_error(tmp_path):
         release.set()
         holder.join(30)
     assert out.returncode == 2 and "is locked by another process" in out.stderr and "Traceback" not in out.stderr
+
+
+class _LockProbe(LocalServer):
+    """Serves the recorded charts and, on each chart request, tries to open the store from this process."""
+
+    def __init__(self, store: Path):
+        super().__init__()
+        self.store = store
+        self.store_free: list[bool] = []
+
+    def _chart(self, ticker, query):
+        try:
+            duckdb.connect(str(self.store)).close()
+            self.store_free.append(True)
+        except duckdb.IOException:  # "Could not set lock on file": the CLI holds the store while downloading
+            self.store_free.append(False)
+        return super()._chart(ticker, query)
+
+
+_CLI_VIA_LOCAL_YAHOO = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import yfinance as yf
+import yfinance.multi
+from http_fixtures import YahooToLocalSession
+yf.set_tz_cache_location(sys.argv[3])
+yfinance.multi.new_session = lambda: YahooToLocalSession(sys.argv[2])  # the CLI's own download, sent to 127.0.0.1
+from hitchhiker.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def test_cli_ingest_prices_tickers_downloads_before_opening_the_store(shared_data, tmp_path):
+    store = tmp_path / "y.duckdb"
+    db.connect(store).close()
+    server = _LockProbe(store)
+    server.add_yahoo_recordings(shared_data / "yahoo_chart")
+    server.start()
+    try:
+        out = subprocess.run([sys.executable, "-c", _CLI_VIA_LOCAL_YAHOO, str(Path(__file__).parent), server.url,
+                              str(tmp_path / "yf-cache"), "ingest", "prices", "--tickers", "AAPL", "--start",
+                              "2020-08-31", "--end", "2020-11-07", "--db", str(store)],
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    assert "inserted 49" in out.stdout and "prices table: 49 rows, 1 tickers" in out.stdout
+    # Downloads (and their retries, seconds of backoff) run with no store connection open: others can write meanwhile.
+    assert server.store_free and all(server.store_free), server.store_free

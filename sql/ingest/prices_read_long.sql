@@ -6,7 +6,7 @@ FROM (
     FROM read_csv(
         $files,
         columns = {'ticker': 'VARCHAR', 'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', 'low': 'DOUBLE',
-                   'close': 'DOUBLE', 'adj_close': 'DOUBLE', 'volume': 'BIGINT'},
+                   'close': 'DOUBLE', 'adj_close': 'DOUBLE', 'volume': 'DOUBLE'},
         header = true, auto_detect = false, delim = ',', quote = '"', escape = '"', dateformat = '%Y-%m-%d',
         filename = true /*REJECTS*/
     )

@@ -9,7 +9,7 @@ FROM (
     FROM read_csv(
         $files,
         columns = {'date': 'DATE', 'open': 'DOUBLE', 'high': 'DOUBLE', 'low': 'DOUBLE', 'close': 'DOUBLE',
-                   'volume': 'BIGINT', 'Name': 'VARCHAR'},
+                   'volume': 'DOUBLE', 'Name': 'VARCHAR'},
         header = true, auto_detect = false, delim = ',', quote = '"', escape = '"', dateformat = '%Y-%m-%d',
         filename = true /*REJECTS*/
     )

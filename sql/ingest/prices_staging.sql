@@ -10,7 +10,7 @@ CREATE OR REPLACE TEMP TABLE price_staging (
     low       DOUBLE,
     close     DOUBLE,
     adj_close DOUBLE,
-    volume    BIGINT,
+    volume    DOUBLE,  -- as read: a fractional volume is rejected here, not rounded (stored as BIGINT)
     origin    VARCHAR,
     problem   VARCHAR,
     flags     VARCHAR
@@ -19,7 +19,7 @@ CREATE OR REPLACE TEMP TABLE price_staging (
 CREATE OR REPLACE TEMP MACRO price_problem(ticker, date, open, high, low, close, adj_close, volume) AS
     CASE
         WHEN ticker IS NULL OR ticker = '' THEN 'missing ticker'
-        -- Yahoo-style symbols: BRK.B, BF-B, ^GSPC, EURUSD=X
+        -- Yahoo-style symbols: BRK.B, BF-B, ^GSPC, EURUSD=X (prices.TICKER_PATTERN, the rule for news and names too)
         WHEN NOT regexp_full_match(ticker, '[A-Z0-9^][A-Z0-9.\-=^]{0,19}') THEN 'unknown ticker ' || ticker
         WHEN date IS NULL THEN 'missing date'
         WHEN date < DATE '1900-01-01' OR date > current_date + 1 THEN 'implausible date ' || date
@@ -30,6 +30,8 @@ CREATE OR REPLACE TEMP MACRO price_problem(ticker, date, open, high, low, close,
         WHEN least(open, high, low) <= 0 THEN 'open/high/low is not positive'
         WHEN NOT isfinite(adj_close) OR adj_close <= 0 THEN 'adj_close is NaN, infinite or not positive'
         WHEN volume < 0 THEN 'negative volume'
+        WHEN NOT isfinite(volume) OR volume <> trunc(volume) THEN 'volume ' || volume || ' is not a whole number of shares'
+        WHEN volume > 1e15 THEN 'implausible volume ' || volume
     END;
 
 CREATE OR REPLACE TEMP MACRO price_flags(open, high, low, close) AS
