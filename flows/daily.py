@@ -65,7 +65,8 @@ def _backfill_run_name() -> str:
 
 
 def _ingest(first: str, last: str, db: str, demo: bool, prices_csv: str | None, tickers: list[str] | None,
-            feeds: list[str] | None, news_csv: str | None, retry_delay_s: float, names_csv: str | None = None) -> dict:
+            feeds: list[str | dict[str, str]] | None, news_csv: str | None, retry_delay_s: float,
+            names_csv: str | None = None) -> dict:
     """Prices, news and company names up to `last`: the shipped demo files, given CSVs/feeds, or Yahoo (online) and
     feeds. Names come from `names_csv` (the demo's shipped list) and, when prices come from Yahoo, from Yahoo for
     tickers still unnamed; a ticker left without a name is logged (its states are marked, the gate refuses them)."""
@@ -235,7 +236,7 @@ def daily(
     demo: bool = False,
     prices_csv: str | None = None,
     tickers: list[str] | None = None,
-    feeds: list[str] | None = None,
+    feeds: list[str | dict[str, str]] | None = None,
     news_csv: str | None = None,
     names_csv: str | None = None,
     ingest: bool = True,
@@ -411,7 +412,7 @@ def backfill(
     demo: bool = False,
     prices_csv: str | None = None,
     tickers: list[str] | None = None,
-    feeds: list[str] | None = None,
+    feeds: list[str | dict[str, str]] | None = None,
     news_csv: str | None = None,
     names_csv: str | None = None,
     retry_delay_s: float = 10.0,

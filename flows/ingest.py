@@ -137,15 +137,16 @@ def ingest_prices(tickers: list[str] | None = None, start: str | None = None, en
 
 
 @task(retries=2, retry_delay_seconds=[10, 60])
-def ingest_feed(db_path: str | None, feed: str, ticker: str | None) -> dict:
-    """Fetch one feed (conditional GET) and upsert its items under the store slot; raises on fetch/parse
-    failure so that Prefect retries it."""
+def ingest_feed(db_path: str | None, feed: str, ticker: str | None, tz: str | None = None) -> dict:
+    """Fetch one feed (conditional GET) and upsert its items under the store slot, reading its dates that have no
+    offset in `tz` (else rejecting them); raises on fetch/parse failure so that Prefect retries it."""
     from hitchhiker import db, news
 
     with store_slot():
         con = db.connect(db_path)
         try:
-            report = news.ingest_feeds(con, [feed], ticker_map={feed: ticker} if ticker else None)
+            report = news.ingest_feeds(con, [feed], ticker_map={feed: ticker} if ticker else None,
+                                       feed_tz={feed: tz} if tz else None)
         finally:
             con.close()
     if report.failed:
@@ -167,19 +168,39 @@ def store_news_csv(db_path: str | None, csv: str) -> dict:
     return _counts(report)
 
 
+def feed_entries(feeds: list[str | dict[str, str]], ticker_map: dict[str, str] | None = None
+                 ) -> list[tuple[str, str | None, str | None]]:
+    """(url, ticker, time zone) of each feed, checked before anything is fetched. A feed is a URL or file, or
+    {url: ..., tz: America/New_York}: the IANA zone its dates without an offset are in (else they are rejected)."""
+    from hitchhiker import news
+
+    out = []
+    for feed in feeds:
+        url, tz = (feed, None) if isinstance(feed, str) else (feed.get("url"), feed.get("tz"))
+        if not isinstance(feed, str) and set(feed) - {"url", "tz"}:
+            raise ValueError(f"feed {feed}: unknown key(s) {sorted(set(feed) - {'url', 'tz'})}; a feed is a URL or "
+                             "{url: ..., tz: <IANA time zone>}")
+        if not url:
+            raise ValueError(f"feed {feed}: no url")
+        if tz:
+            news.feed_zone(tz, url)
+        out.append((url, news.feed_ticker(url, ticker_map), tz))
+    return out
+
+
 @flow(name="ingest_news")
-def ingest_news(feeds: list[str] | None = None, csv: str | None = None, db: str | None = None,
+def ingest_news(feeds: list[str | dict[str, str]] | None = None, csv: str | None = None, db: str | None = None,
                 ticker_map: dict[str, str] | None = None, retry_delay_s: float = 10.0) -> dict:
-    """News from RSS/Atom feeds (URLs or files; a failing feed is reported, the others stored) and/or a
-    headline CSV. Returns the totals; a table artifact lists each feed's counts or why it failed."""
+    """News from RSS/Atom feeds (URLs or files, or {url, tz}: see `feed_entries`; a failing feed is reported, the
+    others stored) and/or a headline CSV. Returns the totals; a table artifact lists each feed's counts or why it
+    failed."""
     logger = get_run_logger()
     if not feeds and not csv:
         raise ValueError("nothing to ingest: pass feeds and/or csv")
     rows, totals = [], {"inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0, "failed": 0}
-    for feed in feeds or []:
-        ticker = (ticker_map or {}).get(feed)
+    for feed, ticker, tz in feed_entries(feeds or [], ticker_map):
         fetch = ingest_feed.with_options(retry_delay_seconds=[retry_delay_s, 6 * retry_delay_s])
-        state = fetch(db, feed, ticker, return_state=True)
+        state = fetch(db, feed, ticker, tz, return_state=True)
         if state.is_failed():
             rows.append({"feed": feed, "status": f"failed: {str(state.message or state)[:300]}", **_NONE})
             totals["failed"] += 1

@@ -51,6 +51,8 @@ def _add_ingest(sub, parent) -> None:
     src.add_argument("--csv", help="headline CSV (Benzinga ',title,date,stock' or BBC 'title,pubDate,guid,...')")
     pn.add_argument("--ticker", help="with --feed: the ticker these feeds are about (default: from a Yahoo "
                                      "feed's s= parameter, else market-wide)")
+    pn.add_argument("--feed-tz", metavar="ZONE", help="with --feed: the IANA time zone (e.g. America/New_York) to read "
+                    "the feeds' dates that have no offset in; without it such entries are rejected")
     pn.set_defaults(func=_cmd_ingest_news)
     names = kinds.add_parser("names", parents=[parent], help="company names for anonymization, from Yahoo or a file")
     src = names.add_mutually_exclusive_group(required=True)
@@ -97,13 +99,16 @@ def _cmd_ingest_prices(args) -> int:
 def _cmd_ingest_news(args) -> int:
     from hitchhiker import db, news
 
+    if args.csv and args.feed_tz:
+        raise ValueError("--feed-tz applies to --feed only: a headline CSV's dates must carry their offset")
     con = db.connect(args.db)
     try:
         if args.csv:
             report = news.ingest_csv(con, args.csv)
         else:
             ticker_map = {f: args.ticker for f in args.feed} if args.ticker else None
-            report = news.ingest_feeds(con, args.feed, ticker_map=ticker_map)
+            feed_tz = {f: args.feed_tz for f in args.feed} if args.feed_tz else None
+            report = news.ingest_feeds(con, args.feed, ticker_map=ticker_map, feed_tz=feed_tz)
         total = con.execute("SELECT count(*), count(DISTINCT ticker) FROM news").fetchone()
     finally:
         con.close()

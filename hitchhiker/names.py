@@ -21,7 +21,7 @@ from typing import Iterable
 
 import duckdb
 
-from hitchhiker import states
+from hitchhiker import prices, states
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _read_sec(path: Path, text: str) -> dict[str, list[str]]:
 
 
 def _is_symbol(text: str) -> bool:
-    return 0 < len(text) <= 12 and all(c.isalnum() or c in ".-^=" for c in text)
+    return prices.is_ticker(text.strip().upper())
 
 
 def ingest_file(con: duckdb.DuckDBPyConnection, path: str | Path) -> int:

@@ -2,14 +2,16 @@
 
 Every item becomes a row of `news` with `published_at` in UTC, a title and summary stripped of HTML and control
 characters, and a `news_id` that is a stable hash of the item's guid (else link, else title and date) together
-with its ticker, so the same article filed under two tickers stays two rows. An item without a date is
-rejected and reported: a state cannot place undated news in time. A feed that does not parse cleanly (bozo) is
-logged and whatever good entries it has are kept. Each batch is stored in one transaction, together with the
-feed's validators (ETag, Last-Modified), so a failed batch is neither half-written nor skipped next time.
+with its ticker, so the same article filed under two tickers stays two rows. An item without a date, or whose
+date has no offset (unless its feed was given a time zone: `published_utc`), is rejected and reported: a state
+cannot place it before or after a decision time. Tickers follow the price rule (`prices.is_ticker`). A feed that
+does not parse cleanly (bozo) is logged and whatever good entries it has are kept. Each batch is stored in one
+transaction, together with the feed's validators (ETag, Last-Modified), so a failed batch is neither half-written
+nor skipped next time.
 """
 from __future__ import annotations
 
-import calendar
+import codecs
 import csv
 import hashlib
 import html
@@ -17,17 +19,18 @@ import logging
 import os
 import re
 import unicodedata
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timezone, tzinfo
 from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
 from hitchhiker.db import sql_text, transaction
-from hitchhiker.prices import MAX_LISTED_PROBLEMS, IngestReport
+from hitchhiker.prices import MAX_LISTED_PROBLEMS, IngestReport, is_ticker
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ _NEWS_COLUMNS = ("news_id", "ticker", "published_at", "title", "summary", "link"
 
 class NewsInputError(ValueError):
     """A news file or feed that cannot be ingested; the message names it."""
+
+
+class NoTimeZoneError(ValueError):
+    """A date without an offset, and no time zone given to read it in."""
 
 
 # --- cleaning --------------------------------------------------------------------------------------------
@@ -92,15 +99,82 @@ def news_id(key: str, ticker: str | None) -> str:
 
 def feed_ticker(feed: str, ticker_map: Mapping[str, str] | None = None) -> str | None:
     """The ticker a feed is about: the explicit mapping, else a Yahoo headline feed's single `s=` symbol,
-    else None (market-wide news)."""
+    else None (market-wide news). A symbol that is not a ticker (prices.is_ticker) is a NewsInputError."""
+    symbol = None
     if ticker_map and feed in ticker_map:
-        return ticker_map[feed].strip().upper() or None
-    parts = urlsplit(feed)
-    if parts.hostname and parts.hostname.endswith("yahoo.com"):
-        symbols = [s for s in ",".join(parse_qs(parts.query).get("s", [])).split(",") if s.strip()]
-        if len(symbols) == 1:
-            return symbols[0].strip().upper()
-    return None
+        symbol = ticker_map[feed]
+    else:
+        parts = urlsplit(feed)
+        if parts.hostname and parts.hostname.endswith("yahoo.com"):
+            symbols = [s for s in ",".join(parse_qs(parts.query).get("s", [])).split(",") if s.strip()]
+            symbol = symbols[0] if len(symbols) == 1 else None
+    ticker = (symbol or "").strip().upper() or None
+    if ticker is not None and not is_ticker(ticker):
+        raise NewsInputError(f"unknown ticker {symbol.strip()!r} for feed {feed}")
+    return ticker
+
+
+# --- dates -----------------------------------------------------------------------------------------------
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}")
+_ISO_DAY_TIME = re.compile(r"(\d{4}-\d{2}-\d{2}|\d{8})[T ]\d{2}.*")
+_RFC_DAY = re.compile(r"(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+(\d{4})")
+
+
+def feed_zone(name: str, what: str) -> ZoneInfo:
+    """The IANA time zone `name` (e.g. America/New_York) given for `what` (a feed); else a NewsInputError naming both."""
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, TypeError, AttributeError):
+        raise NewsInputError(f"{what}: unknown time zone {name!r} (expected an IANA name such as America/New_York)"
+                             ) from None
+
+
+def published_utc(raw: str, zone: tzinfo | None = None) -> datetime:
+    """The UTC instant of a news date: ISO 8601 / W3CDTF or RFC 822, with an explicit offset; else a ValueError.
+
+    Every ingest date goes through here (feed entries, headline CSVs). A value without an offset is read in `zone`
+    (the feed's time zone) when one is given, never assumed to be UTC. A date without a time of day becomes the last
+    microsecond of that day in `zone`: public only once the day is over there, and still shown with its own date.
+    """
+    text = raw.strip()
+    day = _day_only(text)
+    if day is not None:
+        local = datetime.combine(day, time.max)
+    else:
+        local = _date_time(text)
+        if local.tzinfo is not None and local.utcoffset() is not None:
+            return local.astimezone(timezone.utc)
+    if zone is None:  # a time without a zone cannot be placed before or after a decision time
+        raise NoTimeZoneError(f"date {raw!r} has no time zone")
+    # A wall time the zone passes twice (clocks going back) or skips (going forward) has two readings: the later
+    # one is never earlier than the item can have been published.
+    return max(local.replace(tzinfo=zone, fold=fold).astimezone(timezone.utc) for fold in (0, 1))
+
+
+def _day_only(text: str) -> date | None:
+    """The date of a value that has no time of day ('2020-01-06', 'Mon, 06 Jan 2020'), else None."""
+    try:
+        if _ISO_DAY.fullmatch(text):
+            return date.fromisoformat(text)
+        match = _RFC_DAY.fullmatch(text)
+        return datetime.strptime(" ".join(match.groups()), "%d %b %Y").date() if match else None
+    except ValueError:
+        raise ValueError(f"unparsable date {text!r}") from None
+
+
+def _date_time(text: str) -> datetime:
+    """A date and time of day (aware when the value has an offset): ISO 8601 ('T' or space), else RFC 822."""
+    if _ISO_DAY_TIME.fullmatch(text):
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"unparsable date {text!r}") from None
+    try:
+        # RFC 822; '-0000' (the sender's zone unknown, RFC 5322) comes back naive, as it should.
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"unparsable date {text!r}") from None
 
 
 # --- feeds -----------------------------------------------------------------------------------------------
@@ -131,8 +205,9 @@ def _fetch(con, feed: str, session) -> tuple[int, bytes | None, dict[str, str]]:
 
 
 def parse_feed(body: bytes, feed: str, ticker: str | None, report: IngestReport,
-               headers: Mapping[str, str] | None = None) -> list[dict]:
-    """News rows of one feed document; undated entries are counted as rejected in report."""
+               headers: Mapping[str, str] | None = None, zone: tzinfo | None = None) -> tuple[list[dict], int]:
+    """News rows of one feed document, and how many entries were rejected only for want of a time zone; undated
+    entries, and dates without an offset when the feed has no `zone`, are counted as rejected in report."""
     import feedparser
 
     # HTTP headers help feedparser with the encoding; a local file has none (and needs none).
@@ -144,21 +219,27 @@ def parse_feed(body: bytes, feed: str, ticker: str | None, report: IngestReport,
         if not parsed.entries:
             raise NewsInputError(f"feed {feed} could not be parsed: {parsed.get('bozo_exception')}")
     source = clean_text(parsed.feed.get("title"), 200) or (urlsplit(feed).hostname or Path(feed).name)
-    rows = []
+    rows, zoneless = [], 0
     for i, entry in enumerate(parsed.entries):
         report.read += 1
-        # feedparser gives UTC struct_times. `updated` (Atom) is never earlier than publication, so using
-        # it when there is no `published` can only make an item appear later, never leak it early.
-        when = entry.get("published_parsed") or entry.get("updated_parsed") or entry.get("created_parsed")
+        # The raw date strings: feedparser's `*_parsed` struct_times read a date without an offset as UTC and
+        # drop the offset. `updated` (Atom, dc:date) is never earlier than publication, so using it when there is
+        # no `published` can only make an item appear later, never leak it early.
+        raw = entry.get("published") or entry.get("updated") or entry.get("created")
         title = clean_text(entry.get("title"), MAX_TITLE_CHARS)
         where = f"{feed} entry {i + 1} ({title[:60]!r})"
-        if when is None:
+        if not raw:
             _reject(report, f"{where}: no publication date")
+            continue
+        try:
+            published_at = published_utc(raw, zone)
+        except ValueError as e:
+            zoneless += isinstance(e, NoTimeZoneError)
+            _reject(report, f"{where}: {e}")
             continue
         if not title:
             _reject(report, f"{where}: no title")
             continue
-        published_at = datetime.fromtimestamp(calendar.timegm(when), tz=timezone.utc)
         # feedparser's loose parser (used for malformed feeds) leaves entities escaped: unescape so that the
         # same item has the same id whether or not its feed happened to be well-formed.
         link = html.unescape(entry.get("link") or "").strip() or None
@@ -166,19 +247,24 @@ def parse_feed(body: bytes, feed: str, ticker: str | None, report: IngestReport,
         rows.append({"news_id": news_id(key, ticker), "ticker": ticker, "published_at": published_at,
                      "title": title, "summary": clean_text(entry.get("summary"), MAX_SUMMARY_CHARS) or None,
                      "link": link, "source": source, "feed_url": feed})
-    return rows
+    return rows, zoneless
 
 
 def ingest_feeds(con: duckdb.DuckDBPyConnection, urls_or_files: Iterable[str | os.PathLike],
-                 ticker_map: Mapping[str, str] | None = None, session=None) -> IngestReport:
+                 ticker_map: Mapping[str, str] | None = None, session=None,
+                 feed_tz: Mapping[str, str] | None = None) -> IngestReport:
     """Fetch RSS/Atom feeds (http(s) URLs with conditional GET, or local files) and upsert their items.
 
-    A feed that cannot be fetched or parsed is reported in `failed` and the others are still stored.
+    feed_tz: {feed: IANA time zone} in which to read that feed's dates that carry no offset; without one such
+    entries are rejected. A feed that cannot be fetched or parsed is reported in `failed` and the others are still
+    stored; a ticker or time zone that is not one is a NewsInputError before anything is fetched.
     """
     report = IngestReport(source="feeds")
-    for item in urls_or_files:
-        feed = str(item)
-        ticker = feed_ticker(feed, ticker_map)
+    feeds = [str(item) for item in urls_or_files]
+    tickers = {feed: feed_ticker(feed, ticker_map) for feed in feeds}
+    zones = {feed: feed_zone(feed_tz[feed], feed) for feed in feeds if feed_tz and feed_tz.get(feed)}
+    for feed in feeds:
+        ticker, zone = tickers[feed], zones.get(feed)
         before = dict(report.__dict__)
         try:
             if _is_url(feed):
@@ -188,13 +274,14 @@ def ingest_feeds(con: duckdb.DuckDBPyConnection, urls_or_files: Iterable[str | o
                 if not path.is_file():
                     raise FileNotFoundError(f"feed file {feed} not found")
                 status, body, headers = 200, path.read_bytes(), {}
-            rows = [] if body is None else parse_feed(body, feed, ticker, report, headers)
+            rows, zoneless = ([], 0) if body is None else parse_feed(body, feed, ticker, report, headers, zone)
+            validators = {"etag": headers.get("ETag") or headers.get("etag"),
+                          "last_modified": headers.get("Last-Modified") or headers.get("last-modified")}
+            if zoneless:  # those entries come back once the feed is given its zone: the next fetch is full, not a 304
+                validators = {"etag": None, "last_modified": None}
             with transaction(con):
                 counts = _upsert(con, rows)
-                con.execute(sql_text("ingest/feeds_upsert"), {
-                    "feed_url": feed, "etag": headers.get("ETag") or headers.get("etag"),
-                    "last_modified": headers.get("Last-Modified") or headers.get("last-modified"),
-                    "status": status})
+                con.execute(sql_text("ingest/feeds_upsert"), {"feed_url": feed, **validators, "status": status})
         except Exception as e:  # one feed's failure (HTTP, parse, file) must not stop the others
             if isinstance(e, duckdb.Error):
                 raise
@@ -234,7 +321,8 @@ def _csv_records(path: Path, width: int):
 
 def ingest_csv(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> IngestReport:
     """Upsert a dated headline CSV: Benzinga (`,title,date,stock`, tz-aware dates) or BBC
-    (`title,pubDate,guid,link,description`, RFC 822 dates, market-wide)."""
+    (`title,pubDate,guid,link,description`, RFC 822 dates, market-wide). A date without an offset and a `stock`
+    that is not a ticker reject their row."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"news CSV {path} not found")
@@ -255,11 +343,31 @@ def ingest_csv(con: duckdb.DuckDBPyConnection, path: str | os.PathLike) -> Inges
                 row["source"] = report.source
                 rows.append(row)
     except UnicodeDecodeError as e:
-        raise NewsInputError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); nothing was stored") from None
+        raise NewsInputError(f"{path}: not UTF-8 text ({_utf8_error(path) or e.reason}); nothing was stored") from None
     with transaction(con):
         counts = _upsert(con, rows)
     _add(report, report.source, counts, rejected=report.rejected)
     return report
+
+
+def _utf8_error(path: Path) -> str | None:
+    """'byte N, line L: reason' of the first byte of a file that is not UTF-8, counted from the file's start (a text
+    reader's error counts from the chunk it was decoding)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, newlines = 0, 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 16)
+            start = offset - len(decoder.getstate()[0])  # a sequence cut by the last chunk is still pending
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                line = newlines + e.object[:e.start].count(b"\n") + 1
+                return f"byte {start + e.start}, line {line}: {e.reason}"
+            if not chunk:
+                return None
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")
 
 
 def _reject(report: IngestReport, why: str) -> None:
@@ -273,16 +381,15 @@ def _benzinga_row(fields: list[str], report: IngestReport, where: str) -> dict |
         return _reject(report, f"{where}: expected 4 fields, found {len(fields)}")
     _, raw_title, raw_date, raw_ticker = fields
     ticker = raw_ticker.strip().upper() or None
+    if ticker is not None and not is_ticker(ticker):
+        return _reject(report, f"{where}: unknown ticker {raw_ticker.strip()!r}")
     title = clean_text(raw_title, MAX_TITLE_CHARS)
     try:
-        published = datetime.fromisoformat(raw_date.strip())
-    except ValueError:
-        return _reject(report, f"{where}: unparsable date {raw_date!r}")
-    if published.tzinfo is None:  # a time without a zone cannot be placed before or after a decision time
-        return _reject(report, f"{where}: date {raw_date!r} has no time zone")
+        published = published_utc(raw_date)
+    except ValueError as e:
+        return _reject(report, f"{where}: {e}")
     if not title:
         return _reject(report, f"{where}: no title")
-    published = published.astimezone(timezone.utc)
     return {"news_id": news_id(f"{title}\x1f{published.isoformat()}", ticker), "ticker": ticker,
             "published_at": published, "title": title, "summary": None, "link": None, "feed_url": None}
 
@@ -293,14 +400,11 @@ def _bbc_row(fields: list[str], report: IngestReport, where: str) -> dict | None
     raw_title, raw_date, guid, link, description = fields
     title = clean_text(raw_title, MAX_TITLE_CHARS)
     try:
-        published = parsedate_to_datetime(raw_date.strip())
-    except (TypeError, ValueError):
-        return _reject(report, f"{where}: unparsable date {raw_date!r}")
-    if published.tzinfo is None:
-        return _reject(report, f"{where}: date {raw_date!r} has no time zone")
+        published = published_utc(raw_date)
+    except ValueError as e:
+        return _reject(report, f"{where}: {e}")
     if not title:
         return _reject(report, f"{where}: no title")
-    published = published.astimezone(timezone.utc)
     key = guid.strip() or link.strip() or f"{title}\x1f{published.isoformat()}"
     return {"news_id": news_id(key, None), "ticker": None, "published_at": published, "title": title,
             "summary": clean_text(description, MAX_SUMMARY_CHARS) or None, "link": link.strip() or None,

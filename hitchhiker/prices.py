@@ -24,6 +24,7 @@ import glob
 import io
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -42,10 +43,18 @@ LONG_HEADER = ("ticker", "date", "open", "high", "low", "close", "adj_close", "v
 _READ_SQL = {SP500_HEADER: "ingest/prices_read_sp500", LONG_HEADER: "ingest/prices_read_long"}
 MAX_LISTED_PROBLEMS = 20
 _STORE_REJECTS = ", store_rejects = true, rejects_table = 'price_read_errors', rejects_scan = 'price_read_scans'"
+# A ticker as Yahoo writes it (BRK.B, BF-B, ^GSPC, EURUSD=X), trimmed and upper-cased; never a path ('../x', 'a/b').
+# The same pattern is price_problem's in sql/ingest/prices_staging.sql (a test holds them equal).
+TICKER_PATTERN = re.compile(r"[A-Z0-9^][A-Z0-9.\-=^]{0,19}")
 
 
 class PriceInputError(ValueError):
     """Input that cannot be ingested as a batch; the message names the file and line (nothing was stored)."""
+
+
+def is_ticker(symbol: str) -> bool:
+    """Whether a trimmed, upper-cased symbol is a ticker the store takes: the one rule for prices, news and names."""
+    return TICKER_PATTERN.fullmatch(symbol) is not None
 
 
 @dataclass

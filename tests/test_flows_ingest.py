@@ -1,3 +1,4 @@
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -65,3 +66,26 @@ def test_store_bars_task_upserts_a_downloaded_parquet(prefect_harness, shared_da
     bars.to_parquet(path, index=False)  # what the download task hands to the store task: a path, not a frame
     result = store_bars.fn(str(db_file), str(path))
     assert failed == {} and result["inserted"] == 49 and result["per_ticker"]["AAPL"]["inserted"] == 49
+
+
+_NAIVE_RSS = ('<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>Desk</title>'
+              "<item><title>Evening</title><guid>{guid}</guid><pubDate>Mon, 06 Jan 2020 19:30:00</pubDate></item>"
+              "</channel></rss>")
+
+
+def test_ingest_news_flow_takes_a_time_zone_per_feed(prefect_harness, tmp_path, db_file):
+    from datetime import datetime, timezone
+
+    zoned, plain = tmp_path / "zoned.rss", tmp_path / "plain.rss"
+    zoned.write_text(_NAIVE_RSS.format(guid="ny"))
+    plain.write_text(_NAIVE_RSS.format(guid="plain"))
+    totals = ingest_news(feeds=[{"url": str(zoned), "tz": "America/New_York"}, str(plain)], db=str(db_file))
+    assert (totals["inserted"], totals["rejected"]) == (1, 1)  # the plain feed's entry has no zone: rejected
+    con = db.connect(db_file, read_only=True)
+    assert con.execute("SELECT feed_url, published_at FROM news").fetchall() == [
+        (str(zoned), datetime(2020, 1, 7, 0, 30, tzinfo=timezone.utc))]
+    con.close()
+    for bad, why in (({"url": str(zoned), "tz": "Mars/Olympus_Mons"}, "unknown time zone 'Mars/Olympus_Mons'"),
+                     ({"url": str(zoned), "zone": "UTC"}, "unknown key"), ({"tz": "UTC"}, "no url")):
+        with pytest.raises(ValueError, match=why):
+            ingest_news(feeds=[bad], db=str(db_file))

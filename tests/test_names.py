@@ -78,6 +78,17 @@ def test_csv_and_sec_files_are_read_and_bad_lines_named(tmp_path):
     assert con.execute("SELECT count(*) FROM company_names").fetchone() == (6,)  # nothing of a bad file stored
 
 
+def test_names_files_use_the_price_ticker_rule(tmp_path):
+    yahoo = tmp_path / "yahoo.csv"
+    yahoo.write_text("BRK-B,Berkshire Hathaway Inc.\nbrk.b,Berkshire Hathaway\nEURUSD=X,EUR/USD\n^GSPC,S&P 500\n")
+    assert set(names.read_file(yahoo)) == {"BRK-B", "BRK.B", "EURUSD=X", "^GSPC"}
+    for ticker in ("..", "-X", ".HIDDEN", "A" * 21):
+        bad = tmp_path / "bad.csv"
+        bad.write_text(f"AAPL,Apple\n{ticker},Foo\n")
+        with pytest.raises(names.NamesInputError, match=r"bad.csv:2: expected 'ticker,name"):
+            names.read_file(bad)
+
+
 def test_shipped_demo_names_cover_every_shipped_ticker():
     shipped = demo_data.paths()
     tickers = {p.name.split("_data")[0] for p in shipped["prices"]}

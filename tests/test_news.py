@@ -185,3 +185,127 @@ def test_cli_ingest_news_feed_and_csv(shared_data, tmp_path):
     out = subprocess.run(run + ["--csv", str(shared_data / "news" / "bbc_business_headlines.csv")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "read 2656" in out.stdout, out.stderr
+
+
+# --- time zones: a time stamp without a zone is not a time ---------------------------------------------------
+
+_LOCAL_RSS = """<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"><channel><title>Local desk</title>
+<item><title>Zoned</title><guid>z</guid><pubDate>Mon, 06 Jan 2020 19:30:00 -0500</pubDate></item>
+<item><title>Evening, no zone</title><guid>a</guid><pubDate>Mon, 06 Jan 2020 19:30:00</pubDate></item>
+<item><title>Unknown zone</title><guid>b</guid><pubDate>Mon, 06 Jan 2020 19:30:00 -0000</pubDate></item>
+<item><title>Date only</title><guid>c</guid><pubDate>Mon, 06 Jan 2020</pubDate></item>
+<item><title>DC date only</title><guid>d</guid><dc:date>2020-01-06</dc:date></item>
+<item><title>DC no offset</title><guid>e</guid><dc:date>2020-01-06T19:30:00</dc:date></item>
+</channel></rss>"""
+_LOCAL_ATOM = """<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Atom desk</title>
+<entry><title>Atom no offset</title><id>f</id><updated>2020-01-06T19:30:00</updated></entry>
+<entry><title>Atom zoned</title><id>g</id><updated>2020-01-06T19:30:00Z</updated></entry>
+</feed>"""
+
+
+def _local_feeds(tmp_path) -> tuple[Path, Path]:
+    rss, atom = tmp_path / "local.rss", tmp_path / "local.atom"
+    rss.write_text(_LOCAL_RSS)
+    atom.write_text(_LOCAL_ATOM)
+    return rss, atom
+
+
+def _published(con) -> dict[str, datetime]:
+    return dict(con.execute("SELECT title, published_at FROM news").fetchall())
+
+
+def test_feed_dates_without_an_offset_are_rejected_unless_the_feed_has_a_zone(tmp_path):
+    rss, atom = _local_feeds(tmp_path)
+    con = db.connect(tmp_path / "strict.duckdb")
+    report = news.ingest_feeds(con, [rss, atom])
+    # Read as UTC, "19:30 New York" became 19:30 UTC: before the 21:00 UTC cutoff of that day, a look-ahead leak.
+    assert _published(con) == {"Zoned": datetime(2020, 1, 7, 0, 30, tzinfo=timezone.utc),
+                               "Atom zoned": datetime(2020, 1, 6, 19, 30, tzinfo=timezone.utc)}
+    assert (report.read, report.inserted, report.rejected) == (8, 2, 6)
+    assert all("has no time zone" in p for p in report.problems), report.problems
+    assert any(f"{rss} entry 2 ('Evening, no zone'): date 'Mon, 06 Jan 2020 19:30:00' has no time zone" in p
+               for p in report.problems)
+    # Given the feed's zone: a wall time is read in it; a date-only entry is public only once its day is over (the
+    # last microsecond of the day there, so it keeps its own date); an explicit offset wins over the feed's zone.
+    con = db.connect(tmp_path / "zoned.duckdb")
+    ny = "America/New_York"
+    report = news.ingest_feeds(con, [rss, atom], feed_tz={str(rss): ny, str(atom): ny})
+    assert (report.inserted, report.rejected) == (8, 0), report.problems
+    evening = datetime(2020, 1, 7, 0, 30, tzinfo=timezone.utc)
+    end_of_day = datetime(2020, 1, 7, 4, 59, 59, 999999, tzinfo=timezone.utc)
+    assert _published(con) == {"Zoned": evening, "Evening, no zone": evening, "Unknown zone": evening,
+                               "Date only": end_of_day, "DC date only": end_of_day, "DC no offset": evening,
+                               "Atom no offset": evening, "Atom zoned": datetime(2020, 1, 6, 19, 30, tzinfo=timezone.utc)}
+    with pytest.raises(news.NewsInputError, match=f"{rss}: unknown time zone 'Mars/Olympus_Mons'"):
+        news.ingest_feeds(con, [rss], feed_tz={str(rss): "Mars/Olympus_Mons"})
+
+
+def test_one_date_parser_accepts_only_explicit_offsets():
+    utc = timezone.utc
+    assert news.published_utc("2020-01-06T19:30:00Z") == datetime(2020, 1, 6, 19, 30, tzinfo=utc)
+    assert news.published_utc("2020-01-06 19:30:00.5+05:30") == datetime(2020, 1, 6, 14, 0, 0, 500000, tzinfo=utc)
+    assert news.published_utc("Mon, 06 Jan 2020 19:30:00 GMT") == datetime(2020, 1, 6, 19, 30, tzinfo=utc)
+    for raw in ("2020-01-06T19:30:00", "Mon, 06 Jan 2020 19:30:00 -0000", "2020-01-06", "Mon, 06 Jan 2020"):
+        with pytest.raises(ValueError, match="has no time zone"):
+            news.published_utc(raw)
+    with pytest.raises(ValueError, match="unparsable date 'yesterday'"):
+        news.published_utc("yesterday")
+    ny = news.feed_zone("America/New_York", "test")
+    # A wall time the zone passes twice (01:30 on the night clocks go back) or skips (02:30 when they go forward)
+    # is placed at the later of its readings: never earlier than it can have been.
+    assert news.published_utc("2020-11-01T01:30:00", ny) == datetime(2020, 11, 1, 6, 30, tzinfo=utc)
+    assert news.published_utc("2020-03-08T02:30:00", ny) == datetime(2020, 3, 8, 7, 30, tzinfo=utc)
+    assert news.published_utc("Sun, 01 Nov 2020", ny) == datetime(2020, 11, 2, 4, 59, 59, 999999, tzinfo=utc)
+    with pytest.raises(news.NewsInputError, match="feed x.xml: unknown time zone 'EST5EDT/x'"):
+        news.feed_zone("EST5EDT/x", "feed x.xml")
+
+
+def test_cli_ingest_news_feed_tz(tmp_path):
+    rss, _ = _local_feeds(tmp_path)
+    run = [str(Path(sys.executable).parent / "hitchhiker"), "ingest", "news", "--db", str(tmp_path / "c.duckdb"),
+           "--feed", str(rss)]
+    strict = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 0 and "inserted 1," in strict.stdout and "rejected 5" in strict.stdout, strict.stderr
+    assert "has no time zone" in strict.stdout
+    zoned = subprocess.run(run + ["--feed-tz", "America/New_York"], capture_output=True, text=True, timeout=120)
+    assert zoned.returncode == 0 and "inserted 5," in zoned.stdout and "rejected 0" in zoned.stdout, zoned.stderr
+    bad = subprocess.run(run + ["--feed-tz", "Mars/Olympus_Mons"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown time zone 'Mars/Olympus_Mons'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# --- tickers and encodings ----------------------------------------------------------------------------------
+
+def test_news_tickers_follow_the_price_ticker_rule(tmp_path, db_file):
+    con = db.connect(db_file)
+    f = tmp_path / "tickers.csv"
+    when = "2020-01-02 10:00:00-05:00"
+    f.write_text(f",title,date,stock\n0,Class B,{when},BRK-B\n1,Class B dotted,{when},brk.b\n2,Euro,{when},EURUSD=X\n"
+                 f"3,Index,{when},^GSPC\n4,Escape,{when},../../ETC\n5,Slash,{when},A/B\n6,Market,{when},\n")
+    report = news.ingest_csv(con, f)
+    assert (report.inserted, report.rejected) == (5, 2)
+    assert report.problems == [f"{f}:6: unknown ticker '../../ETC'", f"{f}:7: unknown ticker 'A/B'"]
+    assert {t for (t,) in con.execute("SELECT ticker FROM news").fetchall()} == {"BRK-B", "BRK.B", "EURUSD=X", "^GSPC",
+                                                                                 None}
+    rss = tmp_path / "f.rss"
+    rss.write_text(_LOCAL_RSS)
+    with pytest.raises(news.NewsInputError, match=r"unknown ticker '\.\./\.\./ETC' for feed"):
+        news.ingest_feeds(con, [rss], ticker_map={str(rss): "../../ETC"})
+    with pytest.raises(news.NewsInputError, match="unknown ticker '../../ETC'"):
+        news.feed_ticker("https://feeds.finance.yahoo.com/rss/2.0/headline?s=../../ETC")
+    assert news.feed_ticker("https://feeds.finance.yahoo.com/rss/2.0/headline?s=%5EGSPC") == "^GSPC"
+    assert con.execute("SELECT count(*) FROM news WHERE ticker LIKE '%/%'").fetchone() == (0,)
+
+
+def test_a_non_utf8_byte_is_named_by_its_offset_in_the_file(tmp_path, db_file):
+    con = db.connect(db_file)
+    late = tmp_path / "late.csv"
+    head = (",title,date,stock\n" + "".join(f"{i},Headline {i},2020-01-02 10:00:00-05:00,AAPL\n"
+                                            for i in range(2000))).encode()
+    assert len(head) > 3 * 16384  # far past the first chunks a reader decodes
+    late.write_bytes(head + b"2000,Caf\xe9 opens,2020-01-02 10:00:00-05:00,AAPL\n")
+    with pytest.raises(news.NewsInputError) as err:
+        news.ingest_csv(con, late)
+    assert f"late.csv: not UTF-8 text (byte {len(head) + 8}, line 2002:" in str(err.value)
+    assert con.execute("SELECT count(*) FROM news").fetchone() == (0,)

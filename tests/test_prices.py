@@ -135,6 +135,17 @@ def test_a_fractional_volume_is_rejected_not_rounded(tmp_path, db_file):
     assert _rows(con, "SELECT ticker, volume FROM prices ORDER BY ALL") == [("AAA", 100), ("BBB", 1000), ("CCC", 7)]
 
 
+def test_one_ticker_rule_in_python_and_sql():
+    """prices.is_ticker (news and names use it) says what the staging SQL says; Yahoo's spellings pass."""
+    con = duckdb.connect()
+    con.execute(db.sql_text("ingest/prices_staging"))
+    valid = ["AAPL", "BRK-B", "BRK.B", "EURUSD=X", "^GSPC", "BF-B", "A", "0700.HK"]
+    invalid = ["../../ETC", "A/B", "A\\B", "..", ".A", "-X", "=X", "A B", "", "aapl", "A" * 21, "ÄPFEL", "A\n"]
+    for ticker in valid + invalid:
+        problem = con.execute("SELECT price_problem(?, DATE '2020-01-02', 1, 1, 1, 1, 1, 1)", [ticker]).fetchone()[0]
+        assert prices.is_ticker(ticker) == (problem is None) == (ticker in valid), (ticker, problem)
+
+
 def test_unknown_header_and_missing_path_are_named(tmp_path, db_file):
     con = db.connect(db_file)
     f = _write(tmp_path / "weird.csv", "day,price\n2020-01-02,3\n")
