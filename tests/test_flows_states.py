@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from test_states import DAYS, MARKET, _store
+from states_helpers import DAYS, MARKET, market_store
 
 
 def test_build_states_flow_writes_states_and_a_prompt_artifact(prefect_harness, tmp_path):
@@ -16,7 +16,7 @@ def test_build_states_flow_writes_states_and_a_prompt_artifact(prefect_harness, 
 
     build_tokenizer(states.example_prompts(300)).save_pretrained(tmp_path / "tok")
     path = tmp_path / "flow.duckdb"
-    con = _store(*MARKET)
+    con = market_store(*MARKET)
     con.execute(f"ATTACH '{path}' AS f")
     con.execute("COPY FROM DATABASE memory TO f")
     con.close()
