@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -232,7 +231,7 @@ def run_audit(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config
                          (str(start), str(end)), len(states), tests, note, flagged, inconclusive, "", Path(),
                          config.allow_contaminated, summaries, changed, int((~with_twin).sum()), n_numbers_differ)
     result.verdict = _verdict(result, config)
-    result.report_path = write_report(_reports_dir(con, config) / f"audit-{audit_id[:16]}", result, config, scored)
+    result.report_path = write_report(evaluate._reports_dir(con, config) / f"audit-{audit_id[:16]}", result, config, scored)
     return result
 
 
@@ -363,28 +362,6 @@ def _config_key(config: AuditConfig) -> dict:
     return {k: v for k, v in asdict(config).items() if k not in ("device", "batch_size", "reports_dir")}
 
 
-def _jsonable(x):
-    """JSON-safe copy: numpy scalars to Python, NaN to null, dates and tuples to strings and lists."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer, np.bool_)):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return str(x) if isinstance(x, date) else x
-
-
-def _reports_dir(con, config: AuditConfig) -> Path:
-    if config.reports_dir:
-        return Path(config.reports_dir)
-    ((path,),) = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
-    if not path or path == ":memory:":
-        return Path(tempfile.gettempdir()) / "hitchhiker_reports"
-    return db.beside(path, "reports")
-
-
 # --- the report ---------------------------------------------------------------------------------------------------
 
 def differences_figure(tests: list[PromptTest]):
@@ -454,7 +431,7 @@ def write_report(run_dir: str | Path, result: AuditResult, config: AuditConfig, 
     lines += ["| " + " | ".join(row) + " |" for row in report.table_rows(results)]
     lines += ["", "## Plots", "", "![Paired differences](differences.png)", "",
               "![Cumulative reward per prompt](equity.png)", "", "![Action distribution per prompt](actions.png)", ""]
-    (run_dir / "audit.json").write_text(json.dumps(_jsonable({
+    (run_dir / "audit.json").write_text(json.dumps(evaluate._clean({
         "audit_id": result.audit_id, "auditor_version": AUDITOR_VERSION, "candidate": result.candidate,
         "window": result.window, "n_states": result.n_states, "flagged": result.flagged,
         "inconclusive": result.inconclusive, "passed": result.passed, "verdict": result.verdict,
