@@ -189,6 +189,7 @@ def pending_work(db_path: str, replay_root: str, day: str, mode: str, style: str
             replay.ensure_view(con, replay_root)
             rewards.ensure_calendar(con)  # the reward calendar decides the gate's matured evaluation dates
             out["registered"] = {url: ids for url, ids in registry.register_known_runs(con).items() if ids}
+            out["unfinished"] = registry.unfinished_runs(con)
             ((n, first, last, key),) = con.execute(db.sql_text("daily/new_groups"),
                                                    {"reward_spec": default_reward_spec()}).fetchall()
             out |= {"new_groups": n, "first_date": str(first) if first else None,
@@ -347,15 +348,20 @@ def _train_stage(db: str, storage: str | None, day: str, model: str | None, cham
     if not train:
         logger.info("training: off (train=False)")
         return {"status": "skipped", "reason": "train=False"}
-    if fresh["new_groups"] < min_new_groups:
+    if fresh["unfinished"]:  # a run killed (or still going) before its last step is resumed, never replaced
+        run_url, batch_url = fresh["unfinished"][0]
+        prepared = {"batch_url": batch_url}
+        logger.info("training: resuming run %s, stopped before its last step", run_url)
+    elif fresh["new_groups"] < min_new_groups:
         reason = f"{fresh['new_groups']} new matured groups, fewer than min_new_groups={min_new_groups}"
         logger.info("training: not yet, %s", reason)
         return {"status": "skipped", "reason": reason, "new_groups": fresh["new_groups"]}
-    from hitchhiker import storage as files
+    else:
+        from hitchhiker import storage as files
 
-    # One run per set of groups: a re-triggered training resumes its run instead of starting another.
-    run_url = files.join(files.location(db, storage, "checkpoints"), f"daily-{day}-{fresh['groups_key'][:8]}")
-    prepared = prepare_training(db, storage, run_url, "grpo", config or {}, champion, model)
+        # One run per set of groups: a re-triggered training resumes its run instead of starting another.
+        run_url = files.join(files.location(db, storage, "checkpoints"), f"daily-{day}-{fresh['groups_key'][:8]}")
+        prepared = prepare_training(db, storage, run_url, "grpo", config or {}, champion, model)
     params = {"batch_url": prepared["batch_url"], "run_url": run_url}
     if deployment is None:  # one machine, no GPU pool: train here, as a subflow
         logger.info("training in this process on %d new groups (run %s)", fresh["new_groups"], run_url)

@@ -53,11 +53,13 @@ def attach_artifacts(result: dict) -> str:
 @task
 def publish_report(report_path: str, reports_url: str) -> str:
     """Copy the report's folder to <storage>/reports/<run> (committed by its manifest); returns its URL."""
-    from hitchhiker import storage
+    from hitchhiker import faults, storage
 
     folder = Path(report_path).parent
     url = storage.join(reports_url, folder.name)
+    faults.point("report.before-commit")
     storage.commit_dir(folder, url, {"report": Path(report_path).name})
+    faults.point("report.after-commit")
     return url
 
 

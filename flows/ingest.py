@@ -56,12 +56,13 @@ def store_bars(db_path: str | None, parquet_path: str) -> dict:
 @task
 def store_price_csv(db_path: str | None, csv: str) -> dict:
     """Upsert price CSV files (file, directory or glob) under the store slot; per-ticker counts."""
-    from hitchhiker import db, prices
+    from hitchhiker import db, faults, prices
 
     with store_slot():
         con = db.connect(db_path)
         try:
             report = prices.ingest_csv(con, csv)
+            faults.point("prices.after-commit")
         finally:
             con.close()
     return {"per_ticker": report.per_key} | _counts(report)
@@ -140,13 +141,14 @@ def ingest_prices(tickers: list[str] | None = None, start: str | None = None, en
 def ingest_feed(db_path: str | None, feed: str, ticker: str | None, tz: str | None = None) -> dict:
     """Fetch one feed (conditional GET) and upsert its items under the store slot, reading its dates that have no
     offset in `tz` (else rejecting them); raises on fetch/parse failure so that Prefect retries it."""
-    from hitchhiker import db, news
+    from hitchhiker import db, faults, news
 
     with store_slot():
         con = db.connect(db_path)
         try:
             report = news.ingest_feeds(con, [feed], ticker_map={feed: ticker} if ticker else None,
                                        feed_tz={feed: tz} if tz else None)
+            faults.point("news.after-commit")
         finally:
             con.close()
     if report.failed:
@@ -234,12 +236,13 @@ def fetch_names(tickers: list[str]) -> dict:
 @task
 def store_names(db_path: str | None, found: dict[str, list[str]] | None = None, path: str | None = None) -> dict:
     """Record names (from Yahoo, or a names file) under the store slot; {added, missing: stored tickers still unnamed}."""
-    from hitchhiker import db, names
+    from hitchhiker import db, faults, names
 
     with store_slot():
         con = db.connect(db_path)
         try:
             added = names.ingest_file(con, path) if path else names.store(con, found or {}, "yahoo")
+            faults.point("names.after-commit")
             return {"added": added, "missing": names.missing(con)}
         finally:
             con.close()

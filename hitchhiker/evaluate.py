@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from hitchhiker import baselines, contract, cutoffs, db, grounding, metrics, report
+from hitchhiker import baselines, contract, cutoffs, db, faults, grounding, metrics, report
 from hitchhiker.states import as_date
 
 EVALUATOR_VERSION = "eval-v1"
@@ -432,6 +432,8 @@ def _store(con, run_id: str, rows: list[tuple], decisions: pd.DataFrame, report_
                             "report_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [(*r, str(report_path), now) for r in rows])
             con.execute("INSERT INTO evaluation_decisions BY NAME SELECT * FROM new_decisions")
+            faults.point("evaluations.before-commit")
+        faults.point("evaluations.after-commit")
     finally:
         con.unregister("new_decisions")
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import duckdb
 import numpy as np
 
-from hitchhiker import db, metrics
+from hitchhiker import db, faults, metrics
 from hitchhiker.evaluate import EvalConfig, EvalRun, evaluate
 
 GATE_METRICS = ("mean_reward_usd", "accuracy")
@@ -166,6 +166,8 @@ def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, c
         con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [datetime.now(timezone.utc), run.candidate, current, promoted, config.gate_metric, config.gate_margin,
                      _finite(verdict.difference), _finite(lo), _finite(hi), run.run_id, reason])
+        faults.point("promotions.before-commit")
+    faults.point("promotions.after-commit")
     with open(run.report_path, "a") as f:  # the report was written before the verdict existed
         f.write(f"\n## Promotion gate\n\n{reason}\n")
     refused = refusal is not None or verdict.reason.startswith("refused")

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 
+from hitchhiker import faults
 from hitchhiker.db import sql_text, transaction
 from hitchhiker.prices import MAX_LISTED_PROBLEMS, IngestReport, is_ticker
 
@@ -282,6 +283,7 @@ def ingest_feeds(con: duckdb.DuckDBPyConnection, urls_or_files: Iterable[str | o
             with transaction(con):
                 counts = _upsert(con, rows)
                 con.execute(sql_text("ingest/feeds_upsert"), {"feed_url": feed, **validators, "status": status})
+                faults.point("news.before-commit")
         except Exception as e:  # one feed's failure (HTTP, parse, file) must not stop the others
             if isinstance(e, duckdb.Error):
                 raise

@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 
 import duckdb
 
+from hitchhiker import faults
 from hitchhiker.db import sql_text, transaction
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,7 @@ def _validate_and_upsert(con, source: str) -> IngestReport:
         con.execute(sql_text("ingest/prices_upsert"))
     for kind, name in (("VIEW", "price_batch"), ("TABLE", "price_dedup"), ("TABLE", "price_staging")):
         con.execute(f"DROP {kind} IF EXISTS {name}")
+    faults.point("prices.before-commit")
     return report
 
 

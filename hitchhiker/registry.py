@@ -8,9 +8,10 @@ registering again changes nothing, so a daily run that finds a run finished whil
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timezone
 
-from hitchhiker import db
+from hitchhiker import db, faults
 from hitchhiker.train import batch as batches
 from hitchhiker.train import checkpoints as ckpts
 
@@ -52,6 +53,7 @@ def record_run(con, run_url: str, batch_url: str) -> None:
     con.execute("INSERT INTO train_runs VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_url) DO NOTHING",
                 [str(run_url), str(batch_url), meta["batch_id"], meta["algorithm"], meta.get("parent_id"),
                  datetime.now(timezone.utc)])
+    faults.point("train-runs.after-insert")
     (known,) = con.execute("SELECT batch_url FROM train_runs WHERE run_url = ?", [str(run_url)]).fetchone()
     if known != str(batch_url):
         raise ValueError(f"run {run_url} was started with batch {known}, not {batch_url}: use a new run URL")
@@ -78,9 +80,29 @@ def register_run(con, run_url: str, batch_url: str | None = None) -> list[str]:
         if problems:
             raise ValueError(f"checkpoint {url} does not continue batch {batch_url} ({', '.join(problems)} differ)")
         register(con, meta, url, meta.get("train_metrics", {}), used)
+        faults.point("registry.checkpoint-inserted")
         expected_parent, consumed = meta["checkpoint_id"], consumed + len(used)
         ids.append(meta["checkpoint_id"])
     return ids
+
+
+def unfinished_runs(con) -> list[tuple[str, str]]:
+    """(run_url, batch_url) of the recorded GRPO runs whose registered checkpoints stop before their batch's last step,
+    oldest first: killed, or still going. Such a run is resumed, never replaced: once its first checkpoints are
+    registered, the groups it has not reached count as untrained, and a new run over them would start from another
+    parent and train a different lineage."""
+    out = []
+    for run_url, batch_url in con.execute("SELECT run_url, batch_url FROM train_runs WHERE algorithm = 'grpo' "
+                                          "ORDER BY started_at").fetchall():
+        meta = batches.read_meta(batch_url)
+        steps = math.ceil(len(meta["groups"]) / meta["config"]["groups_per_step"])
+        if meta["config"].get("max_steps") is not None:
+            steps = min(steps, meta["config"]["max_steps"])
+        (done,) = con.execute("SELECT coalesce(max(step), 0) FROM checkpoints WHERE starts_with(path, ?)",
+                              [str(run_url).rstrip("/") + "/"]).fetchone()
+        if done < steps:
+            out.append((run_url, batch_url))
+    return out
 
 
 def register_known_runs(con) -> dict[str, list[str]]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hitchhiker import storage as _storage
+from hitchhiker import faults, storage as _storage
 
 if TYPE_CHECKING:
     import duckdb
@@ -142,6 +142,7 @@ def write_group(root: Root, decision_date: date | str, pair: str, group_id: str,
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # the rename must not become visible before the bytes are on disk
+        faults.point("rollouts.before-rename")
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

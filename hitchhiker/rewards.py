@@ -23,7 +23,7 @@ import duckdb
 import pandas as pd
 from pandas.errors import EmptyDataError
 
-from hitchhiker import contract, db
+from hitchhiker import contract, db, faults
 
 log = logging.getLogger(__name__)
 FORMULA_VERSION = "usd1"  # bump when the meaning of a parameter changes without the SQL text changing
@@ -206,6 +206,8 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
         con.execute("DROP TABLE decisions")
         con.execute("DROP TABLE decision_markets")
         ensure_advantages_view(con)
+        faults.point("rewards.before-commit")
+    faults.point("rewards.after-commit")
     if unpriceable:
         log.warning("rewards %s: %d pending rollout(s) of %d state(s) can never be priced and are left out, e.g. %s",
                     spec.reward_spec, n_unpriceable, len(unpriceable),

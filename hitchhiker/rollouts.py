@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 
-from hitchhiker import contract, replay
+from hitchhiker import contract, faults, replay
 
 if TYPE_CHECKING:
     import duckdb
@@ -243,6 +243,7 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
             except (ValueError, TypeError) as e:  # this state's rows (pyarrow's ArrowInvalid is a ValueError)
                 failed[state.state_id] = str(e) or type(e).__name__
                 continue
+            faults.point("rollouts.group-written")
             written += 1
             for r in rows:
                 n_rows += 1

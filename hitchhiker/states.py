@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pyarrow as pa
 
-from hitchhiker import contract, db
+from hitchhiker import contract, db, faults
 from hitchhiker.render import PromptSpec, StockView, anonymize, clean_headline, name_aliases, render_messages, shown_features
 
 # Bump when the rendering or the features change, so that new states get new ids instead of colliding.
@@ -102,6 +102,7 @@ def set_company_names(con: duckdb.DuckDBPyConnection, names: dict[str, Iterable[
     with db.transaction(con):
         con.executemany("INSERT INTO company_names (ticker, name, source, ingested_at) VALUES (?, ?, ?, ?) "
                         "ON CONFLICT DO NOTHING", rows)
+        faults.point("names.before-commit")
     return con.execute("SELECT count(*) FROM company_names").fetchone()[0] - before
 
 
@@ -530,6 +531,8 @@ def _insert(con, rows: list[dict]) -> None:
     try:
         with db.transaction(con):
             con.execute("INSERT INTO states BY NAME SELECT * FROM new_states ON CONFLICT DO NOTHING")
+            faults.point("states.before-commit")
+        faults.point("states.after-commit")
     finally:
         con.unregister("new_states")
 

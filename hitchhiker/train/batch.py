@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hitchhiker import storage
+from hitchhiker import faults, storage
 from hitchhiker.train.data import Group, Rollout
 
 ROLLOUTS_FILE = "rollouts.parquet"
@@ -84,7 +84,9 @@ def _commit(batches_root: str, name: str, table: pa.Table, meta: dict) -> str:
         named = {k: v for k, v in meta.items() if k != "parent_url"}
         batch_id = hashlib.sha256(json.dumps([content, named], sort_keys=True, default=str).encode()).hexdigest()[:16]
         url = storage.join(batches_root, batch_id)
+        faults.point("batch.before-commit")
         storage.commit_dir(work, url, {**meta, "batch_id": batch_id})
+        faults.point("batch.after-commit")
     return url
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from hitchhiker import storage
+from hitchhiker import faults, storage
 from hitchhiker.default_model import BUILDER_VERSION, DEFAULT_MODEL_NAME, default_model_path
 from hitchhiker.policy import CHECKPOINT_META
 
@@ -53,7 +53,9 @@ def save(run_url: str | os.PathLike, checkpoint_id: str, model, tokenizer, meta:
         (work / CHECKPOINT_META).write_text(json.dumps(meta, indent=1, default=str))
         if trainer_state is not None:
             torch.save(trainer_state, work / TRAINER_STATE)
+        faults.point("checkpoint.before-commit")
         storage.commit_dir(work, url, meta)
+        faults.point("checkpoint.after-commit")
     return url
 
 
