@@ -436,6 +436,7 @@ def test_the_orientation_of_a_pair_comes_from_its_tickers_not_from_splitting_its
     '-'. Turnover's fixed orientation (long the pair's first ticker) is read from the state's tickers."""
     import duckdb
 
+    con = duckdb.connect()  # its own connection: a half-read result on the module's default one breaks later tests
     for a, b in [("BRK-B", "XOM"), ("XOM", "BRK-B"), ("BRK-B", "BRK"), ("EURUSD=X", "^GSPC"), ("AAP", "A")]:
-        (first,) = duckdb.execute("SELECT IF(?::VARCHAR < ?::VARCHAR, ?, ?)", [a, b, a, b]).fetchone()  # states' order
+        ((first,),) = con.execute("SELECT IF(?::VARCHAR < ?::VARCHAR, ?, ?)", [a, b, a, b]).fetchall()  # states' order
         assert evaluate.a_is_first_of_pair([a, b]) == (first == a), (a, b)
