@@ -45,6 +45,7 @@ KILL_POINTS = [
     "evaluations.before-commit", "evaluations.after-commit",
     "promotions.before-commit",
 ]
+KNOWN_RESUME_DIFFERENCE = True  # see the end of test_killed_at_every_commit_point_then_rerun_equals_an_uninterrupted_run
 # Known gap, found by this suite: killed after the gate's `promotions` row is committed ("promotions.after-commit")
 # and before the report is published ("report.before-commit"), the re-run finds the candidate decided and skips the
 # gate, so the report folder is never published (and report.md never gets its gate section). Those points join the
@@ -298,11 +299,18 @@ def test_killed_at_every_commit_point_then_rerun_equals_an_uninterrupted_run(tem
     print(f"{len(KILL_POINTS)} kill points, {len(diff)} differences "
           f"({len(reference) - 1} tables and files compared; {time.monotonic() - started:.0f} s)")
     print(f"hidden leftovers of killed writers: {after['.hidden'] or 'none'}")
-    assert not diff, "\n".join(diff)
+    # Known gap (issue 18 stays open on it): the trainer_state.pt of checkpoints saved after a resumed training step
+    # differs (their weights, manifests and every table are equal). Any other difference fails; so does this one
+    # disappearing unnoticed (then drop KNOWN_RESUME_DIFFERENCE).
+    known = [d for d in diff if d.split(":")[0].endswith("/trainer_state.pt")]
+    for d in known:
+        print(f"known difference (resumed trainer state): {d}")
+    assert not [d for d in diff if d not in known], "\n".join(diff)
+    assert bool(known) == KNOWN_RESUME_DIFFERENCE, known
 
 
 @pytest.mark.xfail(reason="found by this test: two dailies that read the waiting candidate before either records its "
-                          "decision both run the gate (2 `promotions` rows for one candidate)", strict=False)
+                          "decision both run the gate (2 `promotions` rows for one candidate)", strict=True)
 def test_two_daily_runs_at_once_end_as_one(template, reference, env):
     work = fresh_copy(template)
     procs = [run_child(daily_spec(work), env, template.parent / f"twice-{i}.log", wait=False) for i in range(2)]
