@@ -8,8 +8,10 @@ from — GRPO's pi_old:
     top_p = 1 (default):  log_softmax(logits / temperature), what TRL recomputes for the new policy;
     top_p < 1:            the same, renormalized over the top-p nucleus the token was drawn from (tokens outside
                           it have probability 0). This is vLLM's `processed_logprobs`, so both backends store the
-                          same quantity; the trainer's recomputation has no truncation, and the importance ratio
-                          then carries the (usually small) mass outside the nucleus, as TRL's does with vLLM.
+                          same quantity.
+
+Both come from hitchhiker.sampling.sampling_logprobs, the function the trainer scores the new policy with (each row
+at its stored temperature and top_p), so the importance ratio is 1 (up to float rounding) at the sampling weights.
 
 A run needs the database only to read the states it samples and, at the end, to point the view `replay` at the
 Parquet root (`generate_dates` takes a context manager for that, e.g. the Prefect store slot); the sampling itself
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Callable, ContextManager
 import torch
 
 from hitchhiker import contract, faults, replay
+from hitchhiker.sampling import sampling_logprobs
 
 if TYPE_CHECKING:
     import duckdb
@@ -391,20 +394,6 @@ def sample_token_groups(policy, prompts: list[list[int]], temperatures: torch.Te
             group.append((ids, lps))
         results.append(group)
     return results
-
-
-def sampling_logprobs(logits: torch.Tensor, temperatures: torch.Tensor, top_p: float = 1.0) -> torch.Tensor:
-    """Log-probabilities of the distribution a token is drawn from: log_softmax(logits / temperature), restricted
-    to and renormalized over the top-p nucleus when top_p < 1 (-inf outside it). temperatures: one per row, (n, 1)."""
-    logp = torch.log_softmax(logits.float() / temperatures, dim=-1)
-    if top_p >= 1.0:
-        return logp
-    # The nucleus: the most likely tokens whose mass reaches top_p (a token is kept when the mass strictly above
-    # it is below top_p, so the first token is always kept) — the set vLLM's and HF's top-p keep.
-    sorted_logp, order = torch.sort(logp, descending=True, dim=-1)
-    above = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
-    drop = torch.zeros_like(logp, dtype=torch.bool).scatter(1, order, above >= top_p)
-    return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
 
 
 def _gumbel(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
