@@ -1,7 +1,8 @@
 """Training data: groups of stored rollouts with their SQL advantages (read from a training batch), and their tensors.
 
-Nothing is re-generated or re-tokenized: the prompt and completion token ids, the sampling temperature and the
-behaviour log-probabilities are the ones the sampler stored, so the trainer scores exactly what was sampled.
+Nothing is re-generated or re-tokenized: the prompt and completion token ids, the sampling temperature and top_p and
+the behaviour log-probabilities are the ones the sampler stored, so the trainer scores exactly what was sampled,
+under the distribution it was sampled from.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ class Rollout:
     rollout_id: str
     prompt_ids: list[int]
     completion_ids: list[int]
-    behaviour_logprobs: list[float]  # per completion token, under the temperature-scaled sampling distribution
+    behaviour_logprobs: list[float]  # per completion token, under the sampling distribution (temperature, top_p)
     temperature: float
     advantage: float
     reward_usd: float
@@ -63,6 +64,7 @@ def collate(rollouts: list[Rollout], pad_token_id: int, device: torch.device | s
         "completion_mask": completion_mask,
         "behaviour_logps": behaviour,
         "temperature": torch.tensor([r.temperature for r in rollouts], dtype=torch.float32),
+        "top_p": torch.tensor([r.top_p for r in rollouts], dtype=torch.float32),
         "advantages": torch.tensor([r.advantage for r in rollouts], dtype=torch.float32),
     }
     if share_prompts:

@@ -201,11 +201,12 @@ def _optimizer_step(model, ref_model, optimizer, scheduler, accelerator, groups:
 
 
 def _reference_logps(model, ref_model, batch, accelerator, logps_fn) -> torch.Tensor:
+    """The reference's log-probs for the KL: each row's temperature, the full softmax (no nucleus; see loss.py)."""
     with torch.no_grad():
         if ref_model is not None:
-            return logps_fn(ref_model, batch)
+            return logps_fn(ref_model, batch, nucleus=False)
         with accelerator.unwrap_model(model).disable_adapter():  # LoRA: the base is the reference
-            return logps_fn(model, batch)
+            return logps_fn(model, batch, nucleus=False)
 
 
 def _group_metrics(groups: list[Group]) -> dict:
