@@ -69,7 +69,49 @@ def test_elementwise_words_and_numbers():
 
 
 def test_unknown_mode_is_an_error_not_invalid_output():
-    with pytest.raises(ValueError, match="listwise"):
-        parse("ACTION: A", "listwise")
+    with pytest.raises(ValueError, match="rankwise"):
+        parse("ACTION: A", "rankwise")
+    with pytest.raises(ValueError, match="list_size"):  # listwise needs the basket's size: a caller's error
+        parse("ACTION: A>B>C", "listwise")
     with pytest.raises(ValueError, match="horizon_days"):
         instructions(PAIRWISE, 0)
+
+
+@pytest.mark.parametrize("text,k,ranking", [
+    ("Energy leads.\nACTION: C > A > D > B", 4, "CAD B"),
+    ("ACTION: C>A>D>B", 4, "CADB"),
+    ("action : b >a> c", 3, "BAC"),
+    ("ACTION: H>G>F>E>D>C>B>A", 8, "HGFEDCBA"),
+])
+def test_listwise_ranking_best_first_each_letter_once(text, k, ranking):
+    ranking = ranking.replace(" ", "")
+    got = parse(text, "listwise", list_size=k)
+    assert got.valid and got.ranking == tuple(ranking) and got.action == ">".join(ranking)
+    assert got.proportion is None and got.position is None
+
+
+@pytest.mark.parametrize("body,k,reason", [
+    ("C>A>A>B", 4, "duplicate letter A"),
+    ("C>A>D", 4, "missing letter B"),
+    ("C>A>E>B", 4, "unknown letter E"),
+    ("D>A>B", 3, "unknown letter D"),
+    ("C>A>>B", 4, "is not letters separated by '>'"),
+    ("CADB", 4, "is not letters separated by '>'"),
+    ("C A D B", 4, "is not letters separated by '>'"),
+    ("", 4, "is not letters separated by '>'"),
+])
+def test_listwise_invalid_rankings_say_why(body, k, reason):
+    got = parse(f"advice\nACTION: {body}", "listwise", list_size=k)
+    assert not got.valid and got.ranking is None and reason in got.invalid_reason
+    assert got.advisory_text == "advice"
+
+
+def test_listwise_instructions_are_parsed_back():
+    for k in range(3, 9):
+        for brief in (False, True):
+            text = instructions("listwise", list_size=k, brief=brief)
+            example = text.split("ACTION: ", 1)[1].split("  (")[0].split(" (")[0]
+            assert parse(f"ACTION: {example}", "listwise", list_size=k).valid
+    for k in (2, 9, None):
+        with pytest.raises(ValueError, match="list_size"):
+            instructions("listwise", list_size=k)
