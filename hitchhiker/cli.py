@@ -151,11 +151,11 @@ def _add_states(sub, parent) -> None:
     when.add_argument("--date", help="one decision date (a trading day in prices), YYYY-MM-DD")
     when.add_argument("--start", help="first date of a range (with --end)")
     b.add_argument("--end", help="last date of the range, inclusive")
-    b.add_argument("--mode", required=True, choices=["pairwise", "elementwise"])
+    b.add_argument("--mode", required=True, choices=["pairwise", "elementwise", "listwise"])
     b.add_argument("--tickers", type=_csv_list, help="comma-separated universe (default: every ticker in prices)")
     b.add_argument("--style", default="full", choices=["full", "trend"],
                    help="full: returns, volumes, summary, headlines; trend: one trend word per stock (tiny models)")
-    b.add_argument("--action-format", choices=["choice", "proportion", "discrete", "numeric"],
+    b.add_argument("--action-format", choices=["choice", "proportion", "discrete", "numeric", "ranking"],
                    help="pairwise: choice|proportion; elementwise: discrete|numeric (default: the first)")
     # None: the StatesConfig default (one place for defaults)
     b.add_argument("--history-days", type=int, help="daily rows of price history (default 10)")
@@ -163,6 +163,8 @@ def _add_states(sub, parent) -> None:
     b.add_argument("--max-headlines", type=int, help="per stock, newest first (default 5)")
     b.add_argument("--horizon-days", type=int, help="the prompt asks about the next N trading days (default 1)")
     b.add_argument("--max-pairs-per-date", type=int, help="pairwise: pairs drawn per date (default 20)")
+    b.add_argument("--list-size", type=int, help="listwise: stocks per basket, 3 to 8 (default 4)")
+    b.add_argument("--max-lists-per-date", type=int, help="listwise: baskets drawn per date (default 20)")
     b.add_argument("--max-prompt-tokens", type=int, help="token budget of the chat-templated prompt (default 1024)")
     b.add_argument("--seed", type=int, help="pair sampling and A/B order (default 0)")
     b.add_argument("--cutoff", help="decision time on T, exchange local time, America/New_York (default 16:00)")
@@ -179,7 +181,7 @@ def _cmd_states_build(args) -> int:
         raise ValueError("--start needs --end (YYYY-MM-DD)")
     given = {k: getattr(args, k) for k in (
         "action_format", "history_days", "trend_days", "max_headlines", "horizon_days", "max_pairs_per_date",
-        "max_prompt_tokens", "seed", "cutoff", "tokenizer") if getattr(args, k) is not None}
+        "list_size", "max_lists_per_date", "max_prompt_tokens", "seed", "cutoff", "tokenizer") if getattr(args, k) is not None}
     config = states.StatesConfig(mode=args.mode, style=args.style, anonymize=not args.no_anonymize, **given)
     tokenizer = load_tokenizer(config.tokenizer)  # before the store is opened: the default model may be built first
     con = db.connect(args.db)

@@ -19,13 +19,14 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pyarrow as pa
 
-from hitchhiker import contract, db, faults
+from hitchhiker import contract, db, faults, listwise
 from hitchhiker.render import PromptSpec, StockView, anonymize, clean_headline, name_aliases, render_messages, shown_features
 
 # Bump when the rendering or the features change, so that new states get new ids instead of colliding.
 BUILDER_VERSION = "states-2"  # 2: names_known per ticker
 STYLES = ("full", "trend")
-ACTION_FORMATS = {contract.PAIRWISE: ("choice", "proportion"), contract.ELEMENTWISE: ("discrete", "numeric")}
+ACTION_FORMATS = {contract.PAIRWISE: ("choice", "proportion"), contract.ELEMENTWISE: ("discrete", "numeric"),
+                  contract.LISTWISE: ("ranking",)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class StatesConfig:
     max_headline_chars: int = 160
     horizon_days: int = 1
     max_pairs_per_date: int = 20
+    list_size: int = 4  # listwise: stocks per basket, 3..8
+    max_lists_per_date: int = 20  # listwise: baskets per date
     seed: int = 0
     anonymize: bool = True
     action_format: str | None = None  # None: 'choice' (pairwise) / 'discrete' (elementwise)
@@ -52,13 +55,14 @@ class StatesConfig:
     tokenizer: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in contract.MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {contract.MODES}")
+        if self.mode not in contract.ALL_MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {contract.ALL_MODES}")
+        contract.check_list_size(self.list_size)
         if self.style not in STYLES:
             raise ValueError(f"style {self.style!r} is not one of {STYLES}")
         if self.action_format is not None and self.action_format not in ACTION_FORMATS[self.mode]:
             raise ValueError(f"action_format {self.action_format!r} is not one of {ACTION_FORMATS[self.mode]} for {self.mode}")
-        for name in ("history_days", "trend_days", "horizon_days", "max_pairs_per_date", "max_prompt_tokens", "max_headline_chars", "news_lookback_days"):
+        for name in ("history_days", "trend_days", "horizon_days", "max_pairs_per_date", "max_lists_per_date", "max_prompt_tokens", "max_headline_chars", "news_lookback_days"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_headlines < 0:
@@ -247,6 +251,8 @@ def _drafts(con, config: StatesConfig, days: list[date], tickers: list[str]) -> 
             finally:
                 con.unregister("state_eligible")
             combos = [(d, [a, b], pair) for d, a, b, pair in picks]
+        elif config.mode == contract.LISTWISE:
+            combos = listwise.draw_baskets(con, [(r[0], r[1]) for r in feats], config.list_size, config.max_lists_per_date, config.seed)
         else:
             combos = [(r[0], [r[1]], r[1]) for r in feats]
         names = _company_names(con, tickers)
@@ -261,7 +267,7 @@ def _drafts(con, config: StatesConfig, days: list[date], tickers: list[str]) -> 
         stocks, stamps = [], []
         for i, t in enumerate(order):
             _, _, rets, vols, hist_ret, vol_pct, trend_ret, trend = by_key[(d, t)]
-            letter = "AB"[i]
+            letter = contract.LETTERS[i]
             label = f"Stock {letter}" if config.anonymize else f"Stock {letter} ({t})"
             heads = news.get((d, t), [])
             texts = []
@@ -269,7 +275,7 @@ def _drafts(con, config: StatesConfig, days: list[date], tickers: list[str]) -> 
                 text = clean_headline(title, 10 * config.max_headline_chars)
                 if config.anonymize:
                     for j, other in enumerate(order):  # a headline may name the other stock of the pair too
-                        text = anonymize(text, other, names.get(other, ()), f"Stock {'AB'[j]}")
+                        text = anonymize(text, other, names.get(other, ()), f"Stock {contract.LETTERS[j]}")
                 texts.append(clean_headline(text, config.max_headline_chars))
             stocks.append(StockView(
                 label=label, returns_pct=_no_minus_zero(rets), volume_changes_pct=_no_minus_zero(vols),
@@ -320,7 +326,7 @@ def _fit_and_hash(drafts: list[_Draft], config: StatesConfig, count: "_TokenCoun
             # stored as these exact JSON texts, which are also what the id hashes
             "messages": json.dumps(messages, ensure_ascii=False),
             "features": json.dumps(shown_features(s, d.stocks, h), sort_keys=True),
-            "placeholders": json.dumps({f"Stock {'AB'[i]}": t for i, t in enumerate(d.tickers)}, sort_keys=True)
+            "placeholders": json.dumps({f"Stock {contract.LETTERS[i]}": t for i, t in enumerate(d.tickers)}, sort_keys=True)
             if config.anonymize else None,
         }
         head = [row[k] for k in _HASHED_SCALARS]

@@ -1,6 +1,6 @@
 """The point-in-time law of hitchhiker.states: a state for T is made of prices dated on or before T and headlines
 published at or before T's decision time, and of nothing else: not of the other dates built with it, nor of any
-data after T. Hypothesis checks it over random universes, decision dates, batches and both modes; a mutation
+data after T. Hypothesis checks it over random universes, decision dates, batches and every mode (listwise too); a mutation
 harness shows the checks are strong enough: each known way to leak, written into a copy of sql/, fails one of them,
 while the unchanged copy passes them all."""
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Case:
 
     @property
     def config(self) -> StatesConfig:
-        return StatesConfig(mode=self.mode, history_days=5, trend_days=3, max_headlines=3)
+        return StatesConfig(mode=self.mode, history_days=5, trend_days=3, max_headlines=3, list_size=3, max_lists_per_date=3)
 
 
 @st.composite
@@ -60,7 +60,7 @@ def cases(draw, kinds=None, tickers=TICKERS):
     """Random cases; kinds: the changes to draw from (None: no change is used); tickers: whose data may change."""
     universe = draw(st.none() | st.lists(st.sampled_from(TICKERS), min_size=2, unique=True).map(lambda u: tuple(sorted(u))))
     case = Case(
-        mode=draw(st.sampled_from(contract.MODES)),
+        mode=draw(st.sampled_from(contract.ALL_MODES)),
         universe=universe,
         t_index=draw(st.integers(min_value=6, max_value=len(DAYS) - 2)),  # 5 earlier rows of history; a date after
         back=draw(st.integers(min_value=0, max_value=8)),
@@ -68,6 +68,8 @@ def cases(draw, kinds=None, tickers=TICKERS):
     )
     # a pairwise state on GAP needs two tickers other than DDD
     assume(not (case.T == GAP and case.mode == contract.PAIRWISE and len(set(universe or TICKERS) - {"DDD"}) < 2))
+    # a listwise basket (list_size 3) needs three tickers that trade on T
+    assume(case.mode != contract.LISTWISE or len(set(universe or TICKERS) - ({"DDD"} if case.T == GAP else set())) >= 3)
     if kinds is None:
         return case
     return replace(
@@ -83,7 +85,7 @@ def cases(draw, kinds=None, tickers=TICKERS):
 # Fixed cases, not aimed at any one leak, run by the property tests every time and by the mutation harness: every
 # change after T in both modes at its nearest point (the ticker's first row or headline after T, a headline one
 # second after the cutoff), T inside a batch from T-2 to T+2.
-EDGES = [Case(mode=m, universe=None, t_index=20, back=2, ahead=2, kind=k) for m in contract.MODES for k in AFTER_T]
+EDGES = [Case(mode=m, universe=None, t_index=20, back=2, ahead=2, kind=k) for m in contract.ALL_MODES for k in AFTER_T]
 
 
 def changed_market(case: Case) -> tuple[list[tuple], list[tuple]]:
@@ -201,6 +203,8 @@ LEAKS = {
     "return-by-lead-not-lag": [("features", "lag(price_usd) OVER w", "lead(price_usd) OVER w")],
     "headline-cutoff-1s-late": [
         ("headlines", "n.published_at <= d.decision_time", "n.published_at <= d.decision_time + INTERVAL 1 SECOND")],
+    # listwise: a date's baskets drawn from every date's eligible tickers at once (the first 3 draws of the batch)
+    "baskets-drawn-across-the-batch": [("baskets", "PARTITION BY decision_date ORDER BY attempt", "ORDER BY attempt, decision_date")],
     "headlines-of-the-whole-day": [
         # in the exchange's zone, so that the leak (16:00 to midnight New York) does not depend on the machine's time zone
         ("headlines", "n.published_at <= d.decision_time",

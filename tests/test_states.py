@@ -323,8 +323,8 @@ def test_render_helpers():
 
 
 def test_bad_config_and_tokenizer_are_clear_errors(tok):
-    with pytest.raises(ValueError, match="mode 'listwise'"):
-        StatesConfig(mode="listwise")
+    with pytest.raises(ValueError, match="mode 'rankwise'"):
+        StatesConfig(mode="rankwise")
     with pytest.raises(ValueError, match="action_format 'numeric'"):
         StatesConfig(mode="pairwise", action_format="numeric")
     with pytest.raises(ValueError, match="history_days"):
