@@ -247,6 +247,7 @@ def daily(
     model: str | None = None,
     group_size: int = 8,
     seed: int = 0,
+    backend: str = "hf",
     sample_deployment: str | None = None,
     sample_timeout_s: float = 3600,
     train: bool = True,
@@ -301,10 +302,10 @@ def daily(
         out["rollouts"] = {"groups_written": 0, "groups_skipped": before["states"], "policy_version": None}
     elif before["states"] and sample_deployment:
         out["rollouts"] = _sample_off_host(db, storage, replay_root, day, checked["champion"], model, mode, group_size,
-                                           seed, sample_deployment, train_job_variables, sample_timeout_s)
+                                           seed, backend, sample_deployment, train_job_variables, sample_timeout_s)
     elif before["states"]:
         sampled = generate_rollouts(start=day, db=db, model=model, checkpoint=checked["champion"], group_size=group_size,
-                                    mode=mode, seed=seed, replay_root=replay_root)
+                                    mode=mode, seed=seed, replay_root=replay_root, backend=backend)
         out["rollouts"] = {k: sampled[k] for k in ("groups_written", "groups_skipped", "policy_version", "valid_rate")}
     else:
         out["rollouts"] = {"groups_written": 0, "groups_skipped": 0, "policy_version": None}
@@ -324,7 +325,7 @@ def daily(
 
 
 def _sample_off_host(db: str, storage: str | None, replay_root: str, day: str, champion: str | None, model: str | None,
-                     mode: str, group_size: int, seed: int, deployment: str, job_variables: dict | None,
+                     mode: str, group_size: int, seed: int, backend: str, deployment: str, job_variables: dict | None,
                      timeout_s: float) -> dict:
     """The day's states exported to storage as a snapshot, sampled by the deployment (gpu pool) into the replay under
     the storage URL, the view pointed at it: the store is held only to export and to re-point."""
@@ -332,7 +333,8 @@ def _sample_off_host(db: str, storage: str | None, replay_root: str, day: str, c
                            replay_root=replay_root)
     if snap["snapshot_url"] is None:
         return {"groups_written": 0, "groups_skipped": snap["states_in_range"], "policy_version": snap["policy_version"]}
-    params = {"snapshot_url": snap["snapshot_url"], "replay_root": replay_root, "group_size": group_size, "seed": seed}
+    params = {"snapshot_url": snap["snapshot_url"], "replay_root": replay_root, "group_size": group_size, "seed": seed,
+              "backend": backend}
     result = run_on_pool(deployment, params, job_variables, timeout_s, f"sample:{snap['snapshot_url']}:{replay_root}")
     point_replay_view(db, replay_root)
     if result["status"] != "completed":

@@ -27,13 +27,14 @@ from flows.slots import store_slot
 
 @task
 def sample_groups(db: str | None, start: str, end: str, model: str | None, checkpoint: str | None, group_size: int,
-                  mode: str | None, replay_root: str | None, max_states: int | None, seed: int) -> dict:
+                  mode: str | None, replay_root: str | None, max_states: int | None, seed: int,
+                  backend: str = "hf") -> dict:
     """Sample and write the missing groups; returns the run's summary (counts, rates, action counts)."""
     from hitchhiker.policy import PolicyConfig
     from hitchhiker.rollouts import SamplingConfig, generate_dates
 
     return generate_dates(db, start, end, PolicyConfig(model=model, checkpoint=checkpoint),
-                          SamplingConfig(group_size=group_size, seed=seed), replay_root, mode=mode,
+                          SamplingConfig(group_size=group_size, seed=seed, backend=backend), replay_root, mode=mode,
                           max_states=max_states, progress=_progress(f"groups sampled, {start} .. {end}"),
                           hold_store=store_slot)
 
@@ -81,18 +82,19 @@ def _log_failed(summary: dict) -> None:
 def generate_rollouts(start: str, end: str | None = None, db: str | None = None, model: str | None = None,
                       checkpoint: str | None = None, group_size: int = 8, mode: str | None = None,
                       replay_root: str | None = None, max_states: int | None = None, seed: int = 0,
-                      storage: str | None = None) -> dict:
+                      storage: str | None = None, backend: str = "hf") -> dict:
     """Groups for the states of [start, end] (end defaults to start) with none yet for the policy; idempotent.
     The replay is replay_root, else <storage>/replay, else the folder beside the store.
 
     checkpoint: a checkpoint folder or a checkpoint_id from the `checkpoints` table (None: the base model);
-    mode: 'pairwise' or 'elementwise' (None: both); max_states: at most this many new groups in this run.
+    mode: 'pairwise' or 'elementwise' (None: both); max_states: at most this many new groups in this run;
+    backend: 'hf' or 'vllm' (one vLLM engine per worker process, kept across flow runs).
     """
     from hitchhiker import replay
 
     end = end or start
     summary = sample_groups(db, start, end, model, checkpoint, group_size, mode,
-                            replay_root or replay.root_for(db, storage), max_states, seed)
+                            replay_root or replay.root_for(db, storage), max_states, seed, backend)
     key = attach_summary(summary, start, end)
     get_run_logger().info("rollouts %s..%s by %s: %d groups written, %d already there, valid rate %s, %.0f tokens/s "
                           "(artifact %s)", start, end, summary["policy_version"], summary["groups_written"],
@@ -141,12 +143,12 @@ def point_replay_view(db: str | None, replay_root: str) -> None:
 
 @task
 def sample_snapshot_groups(snapshot_url: str, replay_root: str, group_size: int, seed: int,
-                           max_new_tokens: int) -> dict:
+                           max_new_tokens: int, backend: str = "hf") -> dict:
     """Sample the snapshot's groups missing under replay_root; returns the run's summary."""
     from hitchhiker import snapshots
     from hitchhiker.rollouts import SamplingConfig
 
-    config = SamplingConfig(group_size=group_size, seed=seed, max_new_tokens=max_new_tokens)
+    config = SamplingConfig(group_size=group_size, seed=seed, max_new_tokens=max_new_tokens, backend=backend)
     summary = snapshots.sample_snapshot(snapshot_url, replay_root, config,
                                         progress=_progress(f"groups sampled, snapshot {snapshot_url}"))
     return {**summary, "states_left": 0}
@@ -154,11 +156,11 @@ def sample_snapshot_groups(snapshot_url: str, replay_root: str, group_size: int,
 
 @flow(name="sample_snapshot")
 def sample_snapshot(snapshot_url: str, replay_root: str, group_size: int = 8, seed: int = 0,
-                    max_new_tokens: int = 48) -> dict:
+                    max_new_tokens: int = 48, backend: str = "hf") -> dict:
     """Groups for the states of a snapshot (written by the task `snapshot_states`) by its policy, into the replay
     under replay_root (a folder or a storage URL); idempotent. Never opens the store nor takes its slot: it runs on
     the gpu pool; the orchestrator points the view at replay_root afterwards (`point_replay_view`)."""
-    summary = sample_snapshot_groups(snapshot_url, replay_root, group_size, seed, max_new_tokens)
+    summary = sample_snapshot_groups(snapshot_url, replay_root, group_size, seed, max_new_tokens, backend)
     start, end = summary["first_date"], summary["last_date"]
     key = attach_summary(summary, start, end)
     _log_failed(summary)

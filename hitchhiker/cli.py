@@ -220,6 +220,7 @@ def _add_rollouts(sub, parent) -> None:
     g.add_argument("--max-states", type=int, help="sample at most this many new groups in this run")
     g.add_argument("--max-new-tokens", type=int, help="completion length limit (default 48)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="sampler (default hf; vllm: README \"vLLM\")")
     g.set_defaults(func=_cmd_rollouts_generate)
 
 
@@ -232,7 +233,7 @@ def _cmd_rollouts_generate(args) -> int:
     if args.start and not args.end:
         raise ValueError("--start needs --end (YYYY-MM-DD)")
     first, last = (args.date, args.date) if args.date else (args.start, args.end)
-    config = SamplingConfig(group_size=args.group_size, seed=args.seed,
+    config = SamplingConfig(group_size=args.group_size, seed=args.seed, backend=args.backend,
                             **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
     with tqdm(unit="group", desc="sampling") as bar:
         def progress(done: int, total: int) -> None:
@@ -348,6 +349,7 @@ def _add_loop(sub, parent) -> None:
     p.add_argument("--tickers", default=None, help="comma-separated universe (default: every ticker in prices)")
     p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
     p.add_argument("--finetune", default="full", choices=["lora", "full"])
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="sampler (default hf; vllm: README \"vLLM\")")
     p.add_argument("--style", default="trend", choices=["full", "trend"])
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--out", default=None, help="run folder (default: <db stem>_loop/)")
@@ -382,6 +384,7 @@ def _cmd_loop(args) -> int:
                              ticker_groups=[_csv_list(args.tickers)] if args.tickers else None, model=args.model,
                              eval_every=args.eval_every, seed=args.seed)
         cfg.grpo.finetune = args.finetune
+        cfg.sampling = dataclasses.replace(cfg.sampling, backend=args.backend)
         cfg.states = dataclasses.replace(cfg.states, style=args.style)
         out = Path(args.out) if args.out else db.beside(args.db, "loop")
         res = run_loop(con, cfg, out, _location(args, "replay"), on_iteration=lambda r: print(

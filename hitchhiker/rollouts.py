@@ -55,7 +55,7 @@ class SamplingConfig:
     max_new_tokens: int = 48
     seed: int = 0
     groups_per_batch: int = 16
-    backend: str = "hf"  # 'hf' (this module) or 'vllm' (hitchhiker.vllm_backend, GPU only)
+    backend: str = "hf"  # "hf" (this module) or "vllm" (hitchhiker.vllm_backend: one engine per process)
 
     def __post_init__(self) -> None:
         if self.group_size < 1 or self.max_new_tokens < 1 or self.groups_per_batch < 1:

