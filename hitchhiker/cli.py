@@ -435,6 +435,7 @@ def _add_rewards(sub, parent) -> None:
     spec.add_argument("--horizon-days", type=int, default=1, help="sessions exposed (default 1)")
     spec.add_argument("--entry", choices=["next_open", "decision_close"], default="next_open")
     spec.add_argument("--pairwise", choices=["long_short", "allocation"], default="long_short")
+    spec.add_argument("--listwise", choices=["top_bottom", "rank_weighted"], default="top_bottom")
     spec.add_argument("--cost-bps", type=float, default=5.0, help="cost per leg traded, basis points (default 5)")
     spec.add_argument("--risk-lambda", type=float, default=0.0, help="risk penalty lambda*|p|*sigma (default 0)")
     spec.add_argument("--invalid-penalty-usd", type=float, default=0.02, help="reward of an invalid completion is -this")
@@ -444,7 +445,8 @@ def _add_rewards(sub, parent) -> None:
     c.add_argument("--replay-root", default=None, help="replay Parquet root (default: <db stem>_replay/ beside the db)")
     c.set_defaults(func=_cmd_rewards_compute)
     v = rsub.add_parser("preview", parents=[parent, spec], help="what-if rewards for decisions in a CSV")
-    v.add_argument("--actions", required=True, help="CSV: decision_date,mode,ticker_a,ticker_b,action,proportion")
+    v.add_argument("--actions", required=True, help="CSV: decision_date,mode,ticker_a,ticker_b,action,proportion "
+                   "(listwise rows: tickers A|B|C|D, action C>A>D>B)")
     v.add_argument("--out", default=None, help="write the result as CSV here instead of printing it")
     v.add_argument("--history-days", type=int, default=20, help="volatility window of the risk penalty")
     v.set_defaults(func=_cmd_rewards_preview)
@@ -455,7 +457,7 @@ def _reward_spec(args):
 
     return RewardSpec(horizon_days=args.horizon_days, entry=args.entry, pairwise=args.pairwise, cost_bps=args.cost_bps,
                       risk_lambda=args.risk_lambda, invalid_penalty_usd=args.invalid_penalty_usd,
-                      max_entry_gap_days=args.max_entry_gap_days)
+                      max_entry_gap_days=args.max_entry_gap_days, listwise=args.listwise)
 
 
 def _cmd_rewards_compute(args) -> int:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 FORMULA_VERSION = "usd1"  # bump when the meaning of a parameter changes without the SQL text changing
 ENTRIES = ("next_open", "decision_close")
 PAIRWISE_STYLES = ("long_short", "allocation")
-PREVIEW_COLUMNS = ("decision_date", "mode", "ticker_a", "ticker_b", "action", "proportion")
+LISTWISE_STYLES = ("top_bottom", "rank_weighted")
+PREVIEW_COLUMNS = ("decision_date", "mode", "ticker_a", "ticker_b", "action", "proportion")  # listwise: tickers A|B|C
 DEFAULT_MAX_ENTRY_GAP_DAYS = 5  # also the default of the calendar macro (sql/rewards/calendar.sql)
 LISTED_UNPRICEABLE = 20  # compute_rewards names at most this many states it cannot price
 
@@ -47,6 +48,7 @@ class RewardSpec:
     # 'next_open': the entry is at most this many calendar days after T, else the decision is an error, not repriced
     # days or years later (a long weekend is 4 days; a leg halted for weeks, or no data near T, is beyond it)
     max_entry_gap_days: int = DEFAULT_MAX_ENTRY_GAP_DAYS
+    listwise: str = "top_bottom"  # 'top_bottom': $1 long first-ranked, $1 short last | 'rank_weighted' (issue 20)
 
     def __post_init__(self):
         for name in ("horizon_days", "max_entry_gap_days"):
@@ -57,6 +59,8 @@ class RewardSpec:
             raise ValueError(f"entry {self.entry!r} is not one of {ENTRIES}")
         if self.pairwise not in PAIRWISE_STYLES:
             raise ValueError(f"pairwise {self.pairwise!r} is not one of {PAIRWISE_STYLES}")
+        if self.listwise not in LISTWISE_STYLES:
+            raise ValueError(f"listwise {self.listwise!r} is not one of {LISTWISE_STYLES}")
         for name in ("cost_bps", "risk_lambda", "invalid_penalty_usd"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
@@ -72,6 +76,7 @@ class RewardSpec:
                  ("risk_lambda", self.risk_lambda), ("invalid_penalty_usd", self.invalid_penalty_usd)]
         if self.max_entry_gap_days != DEFAULT_MAX_ENTRY_GAP_DAYS:
             named.append(("max_entry_gap_days", self.max_entry_gap_days))
+        named.append(("listwise", self.listwise))
         params = ",".join(f"{k}={_number(v)}" for k, v in named)
         return f"{FORMULA_VERSION}:{params},sql={sql_sha256()[:8]}"
 
@@ -106,6 +111,7 @@ def set_spec_variables(con: duckdb.DuckDBPyConnection, spec: RewardSpec) -> None
         "reward_entry": spec.entry,
         "reward_max_entry_gap_days": spec.max_entry_gap_days,
         "reward_pairwise": spec.pairwise,
+        "reward_listwise": spec.listwise,
         "reward_cost_bps": float(spec.cost_bps),
         "reward_risk_lambda": float(spec.risk_lambda),
         "reward_invalid_penalty_usd": float(spec.invalid_penalty_usd),
@@ -247,11 +253,14 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
     status: 'rewarded'; 'not_matured' (its exit price does not exist yet); 'error' (it can never be priced: no
     trading on T, a leg without a price on T, an entry beyond `max_entry_gap_days`). reason says why in words
     (sql/rewards/unpriced.sql); the reward columns are empty unless rewarded. An empty action stands for an invalid
-    completion. `history_days` is the volatility window of the risk penalty (a `history_days` column overrides it).
+    completion. Listwise rows (issue 20) give `tickers`, the basket in prompt order joined by '|' (A first), and a
+    ranking action such as C>A>D>B; the output then has a `tickers` column too, and ticker_a/ticker_b are the basket's
+    A and B. `history_days` is the volatility window of the risk penalty (a `history_days` column overrides it).
     """
     decisions = _read_actions(Path(csv_path), history_days)
     known = {t for (t,) in con.execute("SELECT DISTINCT ticker FROM prices").fetchall()}
-    unknown = sorted((set(decisions["ticker_a"]) | set(decisions["ticker_b"].dropna())) - known)
+    legs = {t for ts in decisions["tickers"].dropna() for t in ts}
+    unknown = sorted((set(decisions["ticker_a"]) | set(decisions["ticker_b"].dropna()) | legs) - known)
     if unknown:
         raise ValueError(f"{csv_path}: tickers with no prices in the store: {', '.join(unknown[:10])}")
     set_spec_variables(con, spec)
@@ -259,8 +268,9 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
         _check_decisions(con, str(csv_path))
         con.execute("CREATE OR REPLACE TEMP VIEW unpriced_markets AS SELECT * FROM decision_markets")
         try:
-            return con.execute(
-                "SELECT d.decision_date, d.mode, d.ticker_a, d.ticker_b, d.action_text AS action, d.proportion, "
+            out = con.execute(
+                "SELECT d.decision_date, d.mode, d.ticker_a, d.ticker_b, array_to_string(d.tickers, '|') AS tickers, "
+                "d.action_text AS action, d.proportion, "
                 "r.entry_date, r.exit_date, r.reward_usd, r.flags, "
                 "IF(r.entry_date IS NULL, u.status, 'rewarded') AS status, "
                 "IF(r.entry_date IS NULL, u.reason, NULL) AS reason "
@@ -268,6 +278,8 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
                 f"LEFT JOIN ({db.sql_text('rewards/unpriced')}) AS u ON u.market_key = d.decision_id "
                 "ORDER BY d.decision_id"
             ).df()
+            # the basket column (A|B|C..., prompt order) only when the file has listwise rows
+            return out if out["tickers"].notna().any() else out.drop(columns="tickers")
         finally:
             con.execute("DROP VIEW unpriced_markets")
 
@@ -276,6 +288,8 @@ def preview(con: duckdb.DuckDBPyConnection, csv_path: str | Path, spec: RewardSp
 def flat_decisions(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame):
     """Within the block, sql/rewards.sql prices `frame` (one row per decision: decision_id, decision_date, mode,
     ticker_a, ticker_b, action, proportion, position, valid, history_days), registered as `decision_rows`."""
+    if "tickers" not in frame.columns:  # no listwise basket among these decisions
+        frame = frame.assign(tickers=pd.Series([None] * len(frame), index=frame.index, dtype=object))
     con.register("decision_rows", frame)
     try:
         con.execute(db.sql_text("rewards/flat_decisions"))
@@ -295,7 +309,9 @@ def _read_actions(path: Path, history_days: int) -> pd.DataFrame:
     except EmptyDataError:  # pandas' message ("No columns to parse from file") does not say which file
         raise ValueError(f"{path}: empty file; expected a header {','.join(PREVIEW_COLUMNS)} and one decision a "
                          "line") from None
-    missing = [c for c in ("decision_date", "mode", "ticker_a", "action") if c not in raw.columns]
+    missing = [c for c in ("decision_date", "mode", "action") if c not in raw.columns]
+    if "ticker_a" not in raw.columns and "tickers" not in raw.columns:
+        missing.append("ticker_a (or tickers, for listwise rows)")
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {','.join(PREVIEW_COLUMNS)}")
     rows = []
@@ -307,13 +323,23 @@ def _read_actions(path: Path, history_days: int) -> pd.DataFrame:
         except ValueError:
             raise ValueError(f"{where}: decision_date {r['decision_date']!r} is not YYYY-MM-DD") from None
         mode = r["mode"].strip().lower()
-        if mode not in contract.MODES:
-            raise ValueError(f"{where}: mode {r['mode']!r} is not one of {contract.MODES}")
-        ticker_a = r["ticker_a"].strip().upper()
-        ticker_b = (r.get("ticker_b") or "").strip().upper() or None
+        if mode not in contract.ALL_MODES:
+            raise ValueError(f"{where}: mode {r['mode']!r} is not one of {contract.ALL_MODES}")
+        basket = [t.strip().upper() for t in (r.get("tickers") or "").split("|")] if (r.get("tickers") or "").strip() else None
+        if (mode == contract.LISTWISE) != (basket is not None):
+            raise ValueError(f"{where}: {mode} needs {'a' if mode == contract.LISTWISE else 'no'} tickers column "
+                             "(the basket in prompt order joined by '|', A first)")
+        if basket is not None:
+            if not contract.MIN_LIST_SIZE <= len(basket) <= contract.MAX_LIST_SIZE or len(set(basket)) != len(basket) or "" in basket:
+                raise ValueError(f"{where}: tickers {r['tickers']!r} must be {contract.MIN_LIST_SIZE} to "
+                                 f"{contract.MAX_LIST_SIZE} distinct tickers joined by '|'")
+            if (r.get("ticker_a") or "").strip() or (r.get("ticker_b") or "").strip():
+                raise ValueError(f"{where}: a listwise row gives its basket in tickers, not ticker_a/ticker_b")
+        ticker_a = basket[0] if basket else (r.get("ticker_a") or "").strip().upper()
+        ticker_b = basket[1] if basket else (r.get("ticker_b") or "").strip().upper() or None
         if not ticker_a:
             raise ValueError(f"{where}: ticker_a is empty")
-        if (mode == contract.PAIRWISE) != (ticker_b is not None):
+        if mode != contract.LISTWISE and (mode == contract.PAIRWISE) != (ticker_b is not None):
             raise ValueError(f"{where}: {mode} needs {'a' if mode == contract.PAIRWISE else 'no'} ticker_b")
         action = r["action"].strip()
         proportion_text = (r.get("proportion") or "").strip()
@@ -322,9 +348,10 @@ def _read_actions(path: Path, history_days: int) -> pd.DataFrame:
             raise ValueError(f"{where}: history_days {hd!r} is not a positive integer")
         row = {"decision_id": i, "decision_date": day, "mode": mode, "ticker_a": ticker_a, "ticker_b": ticker_b,
                "action_text": action, "proportion_text": proportion_text, "action": None, "proportion": None, "position": None, "valid": False,
-               "history_days": int(hd) if hd else history_days}
+               "history_days": int(hd) if hd else history_days, "tickers": basket}
         if action:  # parsed by the same contract as model output, so both accept exactly the same actions
-            parsed = contract.parse(f"ACTION: {action} {proportion_text}".strip(), mode, with_proportion=bool(proportion_text))
+            parsed = contract.parse(f"ACTION: {action} {proportion_text}".strip(), mode, with_proportion=bool(proportion_text),
+                                    list_size=len(basket) if basket else None)
             if not parsed.valid:
                 raise ValueError(f"{where}: action {action!r} (proportion {proportion_text!r}): {parsed.invalid_reason}")
             row.update(action=parsed.action, proportion=parsed.proportion, position=parsed.position, valid=True)

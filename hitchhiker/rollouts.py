@@ -78,6 +78,7 @@ class State:
     pair: str
     action_format: str
     messages: list[dict]
+    list_size: int | None = None  # listwise: the basket's size, which the parser needs
 
 
 def group_id(state_id: str, policy_version: str) -> str:
@@ -119,8 +120,8 @@ def _check_selection(start, end, mode) -> tuple[date, date]:
     first, last = as_date(start, "start"), as_date(end, "end")
     if last < first:
         raise ValueError(f"end {last} is before start {first}")
-    if mode is not None and mode not in contract.MODES:
-        raise ValueError(f"mode {mode!r} is not one of {contract.MODES}")
+    if mode is not None and mode not in contract.ALL_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {contract.ALL_MODES}")
     return first, last
 
 
@@ -131,7 +132,8 @@ def load_states(con: duckdb.DuckDBPyConnection, state_ids: list[str]) -> list[St
     if not state_ids:
         return []
     rows = con.execute(db.sql_text("rollouts/load_states"), {"state_ids": list(state_ids)}).fetchall()
-    by_id = {r[0]: State(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows}
+    by_id = {r[0]: State(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6] if r[2] == contract.LISTWISE else None)
+             for r in rows}
     missing = [s for s in state_ids if s not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} state_id(s) not in the states table, e.g. {missing[:3]}")
@@ -279,7 +281,7 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
 def _row(policy, state: State, gid: str, prompt: list[int], k: int, temperature: float, top_p: float,
          ids: list[int], logprobs: list[float], now: datetime) -> dict:
     text = policy.tokenizer.decode(ids, skip_special_tokens=True)
-    parsed = contract.parse(text, state.mode, with_proportion=state.action_format == "proportion")
+    parsed = contract.parse(text, state.mode, with_proportion=state.action_format == "proportion", list_size=state.list_size)
     return {
         "rollout_id": f"{gid}-{k}",
         "state_id": state.state_id,

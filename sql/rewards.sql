@@ -2,9 +2,10 @@
 -- Unit of every *_usd column and of return_*: US dollars per $1 of capital (0.01 = one cent = 1 %).
 --
 -- Input: two relations and the table `prices`.
---   decision_markets(market_key, decision_date, ticker_a, ticker_b, history_days): what a decision is priced on; one
---     row per market_key (compute: the states of the pending rollouts, sql/rewards/pending_markets.sql; preview and
---     evaluation: each decision its own market, sql/rewards/flat_decisions.sql). ticker_b is NULL for elementwise.
+--   decision_markets(market_key, decision_date, ticker_a, ticker_b, history_days, tickers): what a decision is priced
+--     on; one row per market_key (compute: the states of the pending rollouts, sql/rewards/pending_markets.sql; preview
+--     and evaluation: each decision its own market, sql/rewards/flat_decisions.sql). ticker_b is NULL for elementwise.
+--     tickers: a listwise basket in prompt order (letter A first; ticker_a/ticker_b are its first two), else NULL.
 --   decisions(decision_id, market_key, mode, action, proportion, position, valid, ...): what was decided; any other
 --     column is passed through (compute: the pending rollouts of the replay, sql/rewards/pending.sql).
 -- Keeping the two apart means the per-market work (calendar, prices, returns) is done once per state and joined to
@@ -15,6 +16,7 @@
 --   reward_entry                VARCHAR  'next_open' (adjusted open of the first trading day after T) | 'decision_close'
 --   reward_max_entry_gap_days   INTEGER  'next_open': the entry day is at most this many calendar days after T
 --   reward_pairwise             VARCHAR  'long_short' ($1 long the chosen, $1 short the other) | 'allocation'
+--   reward_listwise             VARCHAR  'top_bottom' ($1 long the first-ranked, $1 short the last) | 'rank_weighted'
 --   reward_cost_bps             DOUBLE   cost per leg traded, basis points of the leg's dollars
 --   reward_risk_lambda          DOUBLE   risk penalty per unit of |weight| x daily volatility (0 = off)
 --   reward_invalid_penalty_usd  DOUBLE   what an unparseable completion costs
@@ -44,6 +46,7 @@ markets AS MATERIALIZED (
         history_days,
         ticker_b IS NULL AS single
     FROM decision_markets
+    WHERE tickers IS NULL
 ),
 -- Entry and exit day of each market (absent: not matured, or no price on T for 'decision_close').
 calendar_markets AS (
@@ -103,7 +106,8 @@ daily_returns AS (
            row_number() OVER own_days AS day_no,
            close_adj / lag(close_adj) OVER own_days - 1.0 AS return_1d
     FROM adjusted
-    SEMI JOIN (SELECT ticker_a AS ticker FROM markets UNION SELECT ticker_b FROM markets) AS n USING (ticker)
+    SEMI JOIN (SELECT ticker_a AS ticker FROM markets UNION SELECT ticker_b FROM markets
+               UNION SELECT unnest(tickers) FROM decision_markets WHERE tickers IS NOT NULL) AS n USING (ticker)
     WHERE getvariable('reward_risk_lambda') <> 0
     WINDOW own_days AS (PARTITION BY ticker ORDER BY date)
 ),
@@ -156,7 +160,121 @@ weights AS (
             ELSE 1.0 - coalesce(d.proportion, IF(d.action = 'A', 1.0, 0.0))                -- 1 - w in B
         END AS weight_b
     FROM decisions AS d
-)
+    SEMI JOIN markets USING (market_key)
+),
+-- Listwise baskets (issue 20). Trading days of a basket are the dates on which all K legs have prices (as a pair's
+-- are the dates both have); entry, exit, the entry gap, adjustment and costs follow the pair rules above.
+baskets AS MATERIALIZED (
+    SELECT row_number() OVER () AS basket_id, market_key, CAST(decision_date AS DATE) AS decision_date, tickers,
+           len(tickers) AS k, history_days
+    FROM decision_markets
+    WHERE tickers IS NOT NULL
+),
+basket_legs AS MATERIALIZED (
+    SELECT b.basket_id, l.leg, b.tickers[l.leg] AS ticker
+    FROM baskets AS b, unnest(range(1, b.k + 1)) AS l(leg)
+),
+-- T and every later date on which all K legs traded
+basket_days AS MATERIALIZED (
+    SELECT l.basket_id, p.date
+    FROM basket_legs AS l
+    JOIN baskets AS b USING (basket_id)
+    JOIN prices AS p ON p.ticker = l.ticker AND p.date >= b.decision_date
+    GROUP BY l.basket_id, p.date
+    HAVING count(*) = any_value(b.k)
+),
+basket_common AS (
+    SELECT b.basket_id, any_value(b.decision_date) AS decision_date,
+           coalesce(bool_or(d.date = b.decision_date), false) AS on_t,
+           list(d.date ORDER BY d.date) FILTER (WHERE d.date > b.decision_date) AS after_t
+    FROM baskets AS b
+    JOIN basket_days AS d USING (basket_id)
+    GROUP BY b.basket_id
+),
+basket_calendar AS MATERIALIZED (
+    SELECT basket_id,
+           IF(getvariable('reward_entry') = 'next_open', after_t[1], decision_date) AS entry_date,
+           after_t[getvariable('reward_horizon_days')] AS exit_date
+    FROM basket_common
+    WHERE on_t AND len(after_t) >= getvariable('reward_horizon_days')
+      AND (getvariable('reward_entry') <> 'next_open'
+           OR after_t[1] <= decision_date + CAST(getvariable('reward_max_entry_gap_days') AS INTEGER))
+),
+basket_leg_returns AS MATERIALIZED (
+    SELECT c.basket_id, l.leg, c.entry_date, c.exit_date,
+           x.close_adj / IF(getvariable('reward_entry') = 'next_open', e.open_adj, e.close_adj) - 1.0 AS leg_return,
+           getvariable('reward_entry') = 'next_open' AND e.open_imputed AS open_imputed,
+           v.sigma_1d
+    FROM basket_calendar AS c
+    JOIN basket_legs AS l USING (basket_id)
+    JOIN baskets AS b USING (basket_id)
+    JOIN adjusted AS e ON e.ticker = l.ticker AND e.date = c.entry_date
+    JOIN adjusted AS x ON x.ticker = l.ticker AND x.date = c.exit_date
+    LEFT JOIN LATERAL (
+        SELECT stddev_samp(r.return_1d) AS sigma_1d
+        FROM daily_returns AS t, daily_returns AS r
+        WHERE t.ticker = l.ticker AND t.date = b.decision_date AND r.ticker = l.ticker
+          AND r.day_no BETWEEN t.day_no - b.history_days + 1 AND t.day_no
+    ) AS v ON true
+),
+basket_returns AS (
+    SELECT b.market_key, b.decision_date, b.tickers, b.k,
+           any_value(r.entry_date) AS entry_date, any_value(r.exit_date) AS exit_date,
+           list(r.leg_return ORDER BY r.leg) AS leg_returns,
+           list(coalesce(r.sigma_1d, 0.0) ORDER BY r.leg) AS leg_sigmas,
+           nullif(concat_ws(',', IF(bool_or(r.open_imputed), 'open_imputed', NULL),
+                                 IF(getvariable('reward_risk_lambda') <> 0 AND bool_or(r.sigma_1d IS NULL),
+                                    'no_volatility', NULL)), '') AS flags
+    FROM baskets AS b
+    JOIN basket_leg_returns AS r USING (basket_id)
+    GROUP BY b.market_key, b.decision_date, b.tickers, b.k
+),
+-- Each leg's signed dollars per $1 from its rank in the action ('C>A>D>B': C is rank 1). top_bottom: +1 the first,
+-- -1 the last. rank_weighted: (K + 1 - 2 rank) / S with S = floor(K/2) * ceil(K/2), the sum of the positive raw
+-- weights, so the longs sum to +1 and the shorts to -1 (K = 4: +0.75, +0.25, -0.25, -0.75; odd K: the middle 0).
+basket_weights AS (
+    SELECT d.*, r.* EXCLUDE (market_key),
+           list_transform(range(1, r.k + 1), lambda i:
+               CASE
+                   WHEN NOT d.valid THEN 0.0
+                   WHEN getvariable('reward_listwise') = 'top_bottom' THEN
+                       CASE list_position(string_split(d.action, '>'), chr(CAST(64 + i AS INTEGER))) WHEN 1 THEN 1.0 WHEN r.k THEN -1.0
+                                                                                    ELSE 0.0 END
+                   ELSE (r.k + 1 - 2 * list_position(string_split(d.action, '>'), chr(CAST(64 + i AS INTEGER))))
+                        / ((r.k // 2) * ((r.k + 1) // 2))
+               END) AS weights
+    FROM decisions AS d
+    JOIN basket_returns AS r USING (market_key)
+),
+basket_rows AS (
+    SELECT
+        w.* EXCLUDE (decision_date, tickers, k, entry_date, exit_date, leg_returns, leg_sigmas, flags, weights),
+        w.weights[1] AS weight_a,
+        w.weights[2] AS weight_b,
+        w.decision_date,
+        w.tickers[1] AS ticker_a,
+        w.tickers[2] AS ticker_b,
+        w.entry_date,
+        w.exit_date,
+        w.leg_returns[1] AS return_a,
+        w.leg_returns[2] AS return_b,
+        getvariable('reward_cost_bps') / 1e4 * list_sum(list_transform(w.weights, lambda x: abs(x))) AS cost_usd,
+        getvariable('reward_risk_lambda')
+            * list_sum(list_transform(range(1, w.k + 1), lambda i: abs(w.weights[i]) * w.leg_sigmas[i])) AS risk_usd,
+        -- reward_usd = sum_i w_i r_i - cost on sum_i |w_i| dollars - risk (an invalid completion: -penalty)
+        IF(w.valid,
+           list_sum(list_transform(range(1, w.k + 1), lambda i: w.weights[i] * w.leg_returns[i]))
+               - getvariable('reward_cost_bps') / 1e4 * list_sum(list_transform(w.weights, lambda x: abs(x)))
+               - getvariable('reward_risk_lambda')
+                 * list_sum(list_transform(range(1, w.k + 1), lambda i: abs(w.weights[i]) * w.leg_sigmas[i])),
+           -getvariable('reward_invalid_penalty_usd')) AS reward_usd,
+        w.flags,
+        w.tickers,
+        w.weights,
+        w.leg_returns
+    FROM basket_weights AS w
+),
+pair_rows AS (
 SELECT
     w.*,                                                  -- the decision's own columns, weight_a, weight_b
     r.decision_date,
@@ -179,6 +297,13 @@ SELECT
            - getvariable('reward_cost_bps') / 1e4 * (abs(w.weight_a) + abs(w.weight_b))
            - getvariable('reward_risk_lambda') * (abs(w.weight_a) * r.sigma_a + abs(w.weight_b) * r.sigma_b),
        -getvariable('reward_invalid_penalty_usd')) AS reward_usd,
-    r.flags
+    r.flags,
+    CAST(NULL AS VARCHAR[]) AS tickers,
+    CAST(NULL AS DOUBLE[]) AS weights,
+    CAST(NULL AS DOUBLE[]) AS leg_returns
 FROM weights AS w
 JOIN market_returns AS r USING (market_key)
+)
+SELECT * FROM pair_rows
+UNION ALL BY NAME
+SELECT * FROM basket_rows

@@ -341,15 +341,16 @@ def test_spec_name_is_versioned():
     assert base.reward_spec == rewards.RewardSpec().reward_spec
     names = {rewards.RewardSpec(**kw).reward_spec for kw in
              [{}, {"horizon_days": 2}, {"entry": "decision_close"}, {"pairwise": "allocation"}, {"cost_bps": 1.0},
-              {"risk_lambda": 0.1}, {"invalid_penalty_usd": 0.5}, {"max_entry_gap_days": 10}]}
-    assert len(names) == 8
+              {"risk_lambda": 0.1}, {"invalid_penalty_usd": 0.5}, {"max_entry_gap_days": 10},
+              {"listwise": "rank_weighted"}]}
+    assert len(names) == 9
     assert base.reward_spec.endswith(",sql=" + rewards.sql_sha256()[:8])
     # the default gap is not in the name, so the default spec keeps the parameters of its name
     assert base.reward_spec == ("usd1:h=1,entry=next_open,pairwise=long_short,cost_bps=5,risk_lambda=0,"
-                                "invalid_penalty_usd=0.02,sql=" + rewards.sql_sha256()[:8])
+                                "invalid_penalty_usd=0.02,listwise=top_bottom,sql=" + rewards.sql_sha256()[:8])
     assert ",max_entry_gap_days=10," in rewards.RewardSpec(max_entry_gap_days=10).reward_spec
     for bad in [{"horizon_days": 0}, {"entry": "open"}, {"pairwise": "x"}, {"cost_bps": -1}, {"risk_lambda": float("nan")},
-                {"max_entry_gap_days": 0}, {"max_entry_gap_days": 2.5}, {"max_entry_gap_days": True}]:
+                {"max_entry_gap_days": 0}, {"max_entry_gap_days": 2.5}, {"max_entry_gap_days": True}, {"listwise": "x"}]:
         with pytest.raises(ValueError):
             rewards.RewardSpec(**bad)
 

@@ -6,10 +6,15 @@
 SELECT d.decision_id, d.market_key, d.mode, m.ticker_a, m.ticker_b, d.action, d.proportion, d.position,
     CASE
         WHEN m.market_key IS NULL THEN 'its state (market) is not in the states table'
-        WHEN d.mode IS NULL OR d.mode NOT IN ('pairwise', 'elementwise') THEN format('mode {} is not pairwise or elementwise', d.mode)
+        WHEN d.mode IS NULL OR d.mode NOT IN ('pairwise', 'elementwise', 'listwise')
+            THEN format('mode {} is not pairwise, elementwise or listwise', d.mode)
         WHEN d.valid IS NULL THEN 'valid is NULL'
         WHEN m.ticker_a IS NULL OR m.decision_date IS NULL OR m.history_days IS NULL
             THEN 'its state has no ticker A, decision date or history_days'
+        WHEN d.mode = 'listwise' AND (m.tickers IS NULL OR len(m.tickers) NOT BETWEEN 3 AND 8)
+            THEN 'a listwise decision on a state without a basket of 3 to 8 tickers'
+        WHEN (d.mode = 'listwise') <> (m.tickers IS NOT NULL) THEN 'a basket state with a decision that is not listwise'
+        WHEN d.mode = 'listwise' THEN 'a valid listwise decision whose action is not a ranking of the basket''s letters'
         WHEN d.mode = 'pairwise' AND m.ticker_b IS NULL THEN 'a pairwise decision on a state without a ticker B'
         WHEN d.mode = 'elementwise' AND m.ticker_b IS NOT NULL THEN 'an elementwise decision on a state with a ticker B'
         WHEN d.mode = 'pairwise' THEN 'a valid pairwise decision without action A or B, or a proportion outside [0, 1]'
@@ -18,8 +23,12 @@ SELECT d.decision_id, d.market_key, d.mode, m.ticker_a, m.ticker_b, d.action, d.
 FROM decisions AS d
 LEFT JOIN decision_markets AS m USING (market_key)
 WHERE m.market_key IS NULL
-   OR d.mode NOT IN ('pairwise', 'elementwise') OR d.mode IS NULL OR d.valid IS NULL OR m.ticker_a IS NULL
+   OR d.mode NOT IN ('pairwise', 'elementwise', 'listwise') OR d.mode IS NULL OR d.valid IS NULL OR m.ticker_a IS NULL
    OR m.decision_date IS NULL OR m.history_days IS NULL
+   OR (d.mode = 'listwise' AND (m.tickers IS NULL OR len(m.tickers) NOT BETWEEN 3 AND 8))
+   OR ((d.mode = 'listwise') <> (m.tickers IS NOT NULL))
+   OR (d.valid AND d.mode = 'listwise' AND (d.action IS NULL
+       OR list_sort(string_split(d.action, '>')) <> list_transform(range(1, len(m.tickers) + 1), lambda i: chr(CAST(64 + i AS INTEGER)))))
    OR (d.mode = 'pairwise' AND m.ticker_b IS NULL)
    OR (d.mode = 'elementwise' AND m.ticker_b IS NOT NULL)
    OR (d.valid AND d.mode = 'pairwise' AND (d.action IS NULL OR d.action NOT IN ('A', 'B')))

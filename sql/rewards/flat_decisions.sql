@@ -6,5 +6,5 @@ SELECT decision_id, decision_id AS market_key, mode, action, proportion, positio
 FROM decision_rows;
 
 CREATE OR REPLACE TEMP VIEW decision_markets AS
-SELECT decision_id AS market_key, decision_date, ticker_a, ticker_b, history_days
+SELECT decision_id AS market_key, decision_date, ticker_a, ticker_b, history_days, CAST(tickers AS VARCHAR[]) AS tickers
 FROM decision_rows;

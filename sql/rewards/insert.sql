@@ -24,5 +24,8 @@ SELECT
     risk_usd,
     reward_usd,
     flags,
+    tickers,
+    weights,
+    leg_returns,
     getvariable('reward_computed_at')   AS computed_at
 FROM reward_rows

@@ -7,6 +7,7 @@ SELECT
     s.decision_date,
     s.tickers[1]    AS ticker_a,
     s.tickers[2]    AS ticker_b,
-    s.history_days
+    s.history_days,
+    IF(s.mode = 'listwise', s.tickers, NULL) AS tickers   -- a basket, in prompt order
 FROM states AS s
 SEMI JOIN decisions AS d ON d.market_key = s.state_id
