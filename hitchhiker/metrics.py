@@ -28,6 +28,69 @@ def pairwise_accuracy(chosen_return: Sequence[float], other_return: Sequence[flo
     return float(np.mean(np.where(c > o, 1.0, np.where(c == o, 0.5, 0.0))))
 
 
+# --- listwise (issue 20): a ranking of a basket against its legs' realized returns -----------------------------------
+# A ranking is the legs best first, as 0-based prompt positions (A = 0) or the action text 'C>A>D>B'; `realized`
+# holds each leg's return in prompt order.
+
+def _ranks(ranking, k: int) -> np.ndarray:
+    """Each leg's predicted rank (0 = best), in prompt order."""
+    order = [ord(x.strip().upper()) - 65 for x in ranking.split(">")] if isinstance(ranking, str) else list(ranking)
+    if sorted(order) != list(range(k)):
+        raise ValueError(f"ranking {ranking!r} is not a permutation of the basket's {k} legs")
+    ranks = np.empty(k)
+    ranks[order] = np.arange(k)
+    return ranks
+
+
+def pair_ordering_accuracy(ranking, realized: Sequence[float]) -> float:
+    """Share of the K(K-1)/2 pairs of legs the ranking orders like their realized returns; a realized tie is half."""
+    r = np.asarray(realized, float)
+    ranks, k = _ranks(ranking, r.size), r.size
+    i, j = np.triu_indices(k, 1)
+    ahead = ranks[i] < ranks[j]  # i ranked above j
+    score = np.where(r[i] == r[j], 0.5, np.where((r[i] > r[j]) == ahead, 1.0, 0.0))
+    return float(score.mean())
+
+
+def top1_hit(ranking, realized: Sequence[float]) -> float:
+    """1 when the first-ranked leg had the highest realized return; 1/m when it ties m legs at the top; else 0."""
+    r = np.asarray(realized, float)
+    ranks = _ranks(ranking, r.size)
+    first = int(np.argmin(ranks))
+    return 1.0 / int(np.sum(r == r.max())) if r[first] == r.max() else 0.0
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size)
+    ranks[order] = np.arange(x.size, dtype=float)
+    for v in np.unique(x):  # ties share their mean rank
+        ranks[x == v] = ranks[x == v].mean()
+    return ranks
+
+
+def spearman(ranking, realized: Sequence[float]) -> float:
+    """Spearman correlation of the ranking with the realized returns (ties: average ranks); NaN when every leg
+    returned the same (no order to agree with)."""
+    r = np.asarray(realized, float)
+    predicted = -_ranks(ranking, r.size)  # higher = better, like a return
+    actual = _average_ranks(r)
+    if np.all(actual == actual[0]):
+        return float("nan")
+    return float(np.corrcoef(predicted, actual)[0, 1])
+
+
+def mean_spearman_per_date(decision_dates: Sequence, rankings: Sequence, realized: Sequence[Sequence[float]]) -> tuple[float, dict]:
+    """(mean over dates of each date's mean Spearman, {date: that date's mean}); baskets with no order are skipped."""
+    by_date: dict = {}
+    for d, rk, r in zip(decision_dates, rankings, realized):
+        rho = spearman(rk, r)
+        if not math.isnan(rho):
+            by_date.setdefault(d, []).append(rho)
+    means = {d: float(np.mean(v)) for d, v in sorted(by_date.items())}
+    return (float(np.mean(list(means.values()))) if means else float("nan")), means
+
+
 def mean_reward(reward_usd: Sequence[float]) -> float:
     """Mean reward_usd per decision (USD per $1)."""
     r = np.asarray(reward_usd, float)

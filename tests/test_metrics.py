@@ -193,3 +193,53 @@ def test_summarize_is_consistent_with_the_parts():
     assert lo <= s["mean_reward_usd"] <= hi
     with pytest.raises(ValueError):
         metrics.summarize([], [], [], [])
+
+
+# --- listwise (issue 20) -------------------------------------------------------------------------------------------
+
+def test_pair_ordering_accuracy_by_hand():
+    realized = [0.01, 0.03, -0.02, 0.00]  # A, B, C, D: true order B > A > D > C
+    assert metrics.pair_ordering_accuracy("B>A>D>C", realized) == 1.0
+    assert metrics.pair_ordering_accuracy("C>D>A>B", realized) == 0.0
+    # A>B>C>D: pairs AB wrong, AC right, AD right, BC right, BD right, CD wrong -> 4/6
+    assert metrics.pair_ordering_accuracy("A>B>C>D", realized) == pytest.approx(4 / 6, abs=1e-15)
+    assert metrics.pair_ordering_accuracy([1, 0, 3, 2], realized) == 1.0  # prompt positions, best first
+    # a realized tie is half, whichever way it is ordered: A = B here
+    assert metrics.pair_ordering_accuracy("A>B>C", [0.01, 0.01, 0.0]) == pytest.approx((0.5 + 1 + 1) / 3)
+    assert metrics.pair_ordering_accuracy("B>A>C", [0.01, 0.01, 0.0]) == pytest.approx((0.5 + 1 + 1) / 3)
+    with pytest.raises(ValueError, match="permutation"):
+        metrics.pair_ordering_accuracy("A>A>B", [0.0, 0.1, 0.2])
+
+
+def test_top1_hit_by_hand():
+    realized = [0.01, 0.03, -0.02]
+    assert metrics.top1_hit("B>A>C", realized) == 1.0
+    assert metrics.top1_hit("A>B>C", realized) == 0.0
+    assert metrics.top1_hit("A>C>B", [0.02, 0.02, 0.0]) == 0.5  # tied at the top with one other leg
+    assert metrics.top1_hit("C>A>B", [0.02, 0.02, 0.0]) == 0.0
+
+
+def test_spearman_by_hand_and_mean_per_date():
+    realized = [0.01, 0.03, -0.02, 0.00]
+    assert metrics.spearman("B>A>D>C", realized) == pytest.approx(1.0)
+    assert metrics.spearman("C>D>A>B", realized) == pytest.approx(-1.0)
+    # A>B>C>D: predicted scores A3 B2 C1 D0 vs realized ranks A2 B3 C0 D1: d = 1,1,1,1 -> 1 - 6*4/(4*15) = 0.6
+    assert metrics.spearman("A>B>C>D", realized) == pytest.approx(0.6, abs=1e-12)
+    assert math.isnan(metrics.spearman("A>B>C", [0.0, 0.0, 0.0]))
+    mean, per_date = metrics.mean_spearman_per_date(
+        ["d1", "d1", "d2", "d2"], ["B>A>D>C", "A>B>C>D", "C>D>A>B", "A>B>C"],
+        [realized, realized, realized, [0.0, 0.0, 0.0]])
+    assert per_date == {"d1": pytest.approx(0.8), "d2": pytest.approx(-1.0)}  # d2's flat basket is skipped
+    assert mean == pytest.approx((0.8 - 1.0) / 2)  # each date counts once, whatever its number of baskets
+
+
+def test_random_rankings_score_chance():
+    rng = np.random.default_rng(0)
+    acc, top, rho = [], [], []
+    for _ in range(4000):
+        realized = rng.normal(size=5)
+        ranking = list(rng.permutation(5))
+        acc.append(metrics.pair_ordering_accuracy(ranking, realized))
+        top.append(metrics.top1_hit(ranking, realized))
+        rho.append(metrics.spearman(ranking, realized))
+    assert abs(np.mean(acc) - 0.5) < 0.02 and abs(np.mean(top) - 0.2) < 0.02 and abs(np.mean(rho)) < 0.03
