@@ -215,7 +215,7 @@ def _add_rollouts(sub, parent) -> None:
     g.add_argument("--group-size", type=int, default=8, help="completions per state (default 8)")
     g.add_argument("--model", help="base model: hub id or local folder (default: the default small model)")
     g.add_argument("--checkpoint", help="checkpoint folder (or a checkpoint_id of the checkpoints table) on top")
-    g.add_argument("--mode", choices=["pairwise", "elementwise"], help="only states of this mode (default: both)")
+    g.add_argument("--mode", choices=["pairwise", "elementwise", "listwise"], help="only states of this mode (default: all)")
     g.add_argument("--replay-root", help="replay Parquet root (default: <db stem>_replay/ beside the db)")
     g.add_argument("--max-states", type=int, help="sample at most this many new groups in this run")
     g.add_argument("--max-new-tokens", type=int, help="completion length limit (default 48)")

@@ -6,6 +6,7 @@ holidays, ten-day gaps and missing opens; K = 3, 4 and 5."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import random
 import statistics
 from datetime import date, timedelta
@@ -200,3 +201,40 @@ def test_preview_reads_listwise_rows_beside_the_other_modes(market, tmp_path):
         bad.write_text("decision_date,mode,tickers,action\n" + body + "\n")
         with pytest.raises(ValueError, match=message):
             rewards.preview(con, bad)
+
+
+def test_an_unpriced_basket_says_why_like_a_pair(market):
+    """Preview/compute's reasons (sql/rewards/unpriced.sql) for the baskets the SQL leaves out, against the rules:
+    no trading on T, a leg without a price on T (and later ones), the entry beyond the gap, or not matured yet."""
+    con, px, frame = market
+    spec = rewards.RewardSpec()
+    rewards.set_spec_variables(con, spec)
+    with rewards.flat_decisions(con, frame):
+        priced = {r[0] for r in con.execute(f"SELECT decision_id FROM ({db.sql_text('rewards')})").fetchall()}
+        con.execute("CREATE OR REPLACE TEMP VIEW unpriced_markets AS SELECT * FROM decision_markets "
+                    f"WHERE market_key NOT IN ({','.join(map(str, priced))})")
+        got = {r[0]: (r[1], r[2]) for r in con.execute(db.sql_text("rewards/unpriced")).fetchall()}
+        con.execute("DROP VIEW unpriced_markets")
+    open_days = set().union(*(set(p) for p in px.values()))
+    last = max(open_days)
+    kinds = Counter()
+    for row in frame.to_dict("records"):
+        if row["decision_id"] in priced:
+            continue
+        T, legs = row["decision_date"], row["tickers"]
+        status, reason = got[row["decision_id"]]
+        later = sorted(d for d in set.intersection(*(set(px[t]) for t in legs)) if d > T)
+        if T > last:
+            want = ("not_matured", "not matured")
+        elif T not in open_days:
+            want = ("error", "no trading on")
+        elif any(T not in px[t] and max(px[t]) > T for t in legs):
+            want = ("error", f"no price on {T} for " + ", ".join(t for t in legs if T not in px[t] and max(px[t]) > T))
+        elif later and (later[0] - T).days > spec.max_entry_gap_days:
+            want = ("error", f"entry {later[0]}")
+        else:
+            want = ("not_matured", "not matured")
+        assert status == want[0] and reason.startswith(want[1]), (row, status, reason)
+        kinds[reason.split(" ")[0] + " " + reason.split(" ")[1]] += 1
+    print(dict(kinds))
+    assert {"no trading", "no price", "not matured:"} <= set(kinds) and any(k.startswith("entry") for k in kinds)

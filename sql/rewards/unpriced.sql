@@ -16,6 +16,7 @@ unpriced_input AS MATERIALIZED (
     SELECT market_key, CAST(decision_date AS DATE) AS decision_date, ticker_a, coalesce(ticker_b, ticker_a) AS ticker_b,
            1 AS horizon_days
     FROM unpriced_markets
+    WHERE tickers IS NULL
 ),
 -- The first trading day of both legs after T, however far (the calendar without a gap, horizon 1).
 unpriced_first AS (
@@ -49,6 +50,32 @@ unpriced_checks AS (
     LEFT JOIN unpriced_last AS la ON la.ticker = m.ticker_a
     LEFT JOIN unpriced_last AS lb ON lb.ticker = m.ticker_b
     LEFT JOIN unpriced_first AS f USING (market_key)
+    UNION ALL
+    -- listwise baskets (tickers: the K legs): the same checks over every leg; the first day all K legs traded after T
+    SELECT
+        b.market_key,
+        any_value(b.decision_date),
+        any_value(b.decision_date) > (SELECT max(date) FROM prices),
+        any_value(b.decision_date) IN (SELECT DISTINCT date FROM prices),
+        nullif(string_agg(IF(pt.date IS NULL, b.ticker, NULL), ', ' ORDER BY b.leg), ''),
+        nullif(string_agg(IF(pt.date IS NULL AND l.last_date > b.decision_date, b.ticker, NULL), ', ' ORDER BY b.leg), ''),
+        any_value(c.first_day)
+    FROM (SELECT u.market_key, CAST(u.decision_date AS DATE) AS decision_date, k.leg, u.tickers[k.leg] AS ticker
+          FROM unpriced_markets AS u, unnest(range(1, len(u.tickers) + 1)) AS k(leg)
+          WHERE u.tickers IS NOT NULL) AS b
+    LEFT JOIN prices AS pt ON pt.ticker = b.ticker AND pt.date = b.decision_date
+    LEFT JOIN (SELECT ticker, max(date) AS last_date FROM prices GROUP BY ticker) AS l ON l.ticker = b.ticker
+    LEFT JOIN (
+        SELECT market_key, min(date) AS first_day
+        FROM (SELECT u.market_key, p.date
+              FROM unpriced_markets AS u, unnest(u.tickers) AS t(ticker)
+              JOIN prices AS p ON p.ticker = t.ticker AND p.date > CAST(u.decision_date AS DATE)
+              WHERE u.tickers IS NOT NULL
+              GROUP BY u.market_key, p.date
+              HAVING count(*) = any_value(len(u.tickers)))
+        GROUP BY market_key
+    ) AS c ON c.market_key = b.market_key
+    GROUP BY b.market_key
 ),
 unpriced_reasons AS (
     SELECT
