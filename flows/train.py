@@ -1,4 +1,4 @@
-"""Flow `train`: one GRPO (or DPO) run from a training batch on shared storage; and the store-side tasks around it.
+"""Flow `train`: one GRPO (or DPO, ORPO) run from a training batch on shared storage; and the store-side tasks around it.
 
 The flow is what the gpu work pool runs (deployment `train/train`): it takes a batch URL and a run URL, never opens
 the DuckDB store and never takes the store slot, so a training of hours blocks no other daily run. A retried or
@@ -20,13 +20,15 @@ from flows.slots import store_slot
 
 @task
 def train_run(batch_url: str, run_url: str) -> dict:
-    """Train from the batch (GRPO or DPO, as the batch says); returns the checkpoints, steps and per-step metrics."""
+    """Train from the batch (GRPO, DPO or ORPO, as the batch says); returns the checkpoints, steps and per-step
+    metrics."""
     from hitchhiker.train import batch
 
-    if batch.read_meta(batch_url)["algorithm"] == "dpo":
-        from hitchhiker.train.dpo import train_dpo_batch
+    algorithm = batch.read_meta(batch_url)["algorithm"]
+    if algorithm in batch.PREFERENCE_ALGORITHMS:
+        from hitchhiker.train.preference import train_pairs_batch
 
-        res = train_dpo_batch(batch_url, run_url)
+        res = train_pairs_batch(batch_url, run_url, algorithm)
     else:
         from hitchhiker.train.grpo import train_batch
 
@@ -58,11 +60,11 @@ def prepare_training(db_path: str, storage: str | None, run_url: str, algorithm:
     A run URL already recorded keeps its batch (a re-triggered training resumes it)."""
     from hitchhiker import batches, db, registry, replay, storage as files
     from hitchhiker.rewards import ensure_advantages_view
-    from hitchhiker.train.config import DPOConfig, GRPOConfig
+    from hitchhiker.train.config import PREFERENCE_CONFIGS, GRPOConfig
 
     root, replay_root = files.location(db_path, storage, "batches"), files.location(db_path, storage, "replay")
-    if algorithm not in ("grpo", "dpo"):
-        raise ValueError(f"algorithm {algorithm!r} is not 'grpo' or 'dpo'")
+    if algorithm != "grpo" and algorithm not in PREFERENCE_CONFIGS:
+        raise ValueError(f"algorithm {algorithm!r} is not 'grpo', 'dpo' or 'orpo'")
     with store_slot():
         con = db.connect(db_path)
         try:
@@ -70,9 +72,10 @@ def prepare_training(db_path: str, storage: str | None, run_url: str, algorithm:
             if known is not None:
                 return {"batch_url": known[0], "run_url": run_url, "resumed": True}
             ensure_advantages_view(con)
-            if algorithm == "dpo":  # pairs are one row per group: read under the slot
+            if algorithm in PREFERENCE_CONFIGS:  # pairs are one row per group: read under the slot
                 replay.ensure_view(con, replay_root)
-                batch_url = batches.write_dpo_batch(con, DPOConfig(**config), root, parent_id=parent, base_model=model)
+                batch_url = batches.write_pairs_batch(con, PREFERENCE_CONFIGS[algorithm](**config), root,
+                                                      parent_id=parent, base_model=model)
                 registry.record_run(con, run_url, batch_url)
                 return {"batch_url": batch_url, "run_url": run_url, "resumed": False}
             selection = batches.StoreSelection.read(con, GRPOConfig(**config), parent, model)

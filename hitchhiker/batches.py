@@ -2,8 +2,9 @@
 shared storage; the run itself (in this process, or a GPU worker's deployment); its checkpoints registered.
 
     plan_groups / preference_pairs   select from the store (replay + advantages, minus the parent's lineage)
-    write_grpo_batch / write_dpo_batch   a committed batch under <storage>/batches (hitchhiker/train/batch.py)
-    train_grpo / train_dpo           batch + run + registration in one call (the CLI, the loop, in-process flows)
+    write_grpo_batch / write_pairs_batch   a committed batch under <storage>/batches (hitchhiker/train/batch.py)
+    train_grpo / train_pairs         batch + run + registration in one call (the CLI, the loop, in-process flows);
+                                     train_dpo and train_orpo are train_pairs of one algorithm
 
 The trainer (hitchhiker/train/) never opens the store; only this module and hitchhiker/registry.py do.
 """
@@ -17,11 +18,11 @@ from datetime import date
 from hitchhiker import db, registry, storage
 from hitchhiker.train import batch as batches
 from hitchhiker.train import checkpoints as ckpts
-from hitchhiker.train.config import DPOConfig, GRPOConfig
+from hitchhiker.train.config import DPOConfig, GRPOConfig, ORPOConfig, PreferenceConfig
 from hitchhiker.train.data import Group, Rollout
 from hitchhiker.train.grpo import TrainResult, plan_config
 
-RUN_BATCHES = "batch"  # train_grpo/train_dpo keep their batch inside the run folder: <run>/batch/<batch_id>/
+RUN_BATCHES = "batch"  # train_grpo/train_pairs keep their batch inside the run folder: <run>/batch/<batch_id>/
 
 
 def default_reward_spec() -> str:
@@ -167,9 +168,10 @@ def write_grpo_batch(con, config: GRPOConfig, batches_root: str, groups: list[Gr
                                                           "config": plan_config(config), "carry_optimizer": carry_optimizer})
 
 
-def write_dpo_batch(con, config: DPOConfig, batches_root: str, parent_id: str | None = None,
-                    base_model: str | None = None, pairs: list[dict] | None = None) -> str:
-    """The buffer's preference pairs not yet in the parent's lineage, as a committed DPO batch; returns its URL."""
+def write_pairs_batch(con, config: PreferenceConfig, batches_root: str, parent_id: str | None = None,
+                      base_model: str | None = None, pairs: list[dict] | None = None) -> str:
+    """The buffer's preference pairs not yet in the parent's lineage, as a committed batch of the config's algorithm
+    (a DPOConfig: DPO, an ORPOConfig: ORPO); returns its URL."""
     config.check()
     spec = config.reward_spec or default_reward_spec()
     meta = _lineage_meta(con, parent_id, base_model)
@@ -177,11 +179,19 @@ def write_dpo_batch(con, config: DPOConfig, batches_root: str, parent_id: str | 
         pairs = preference_pairs(con, spec, config.margin_usd, exclude_groups=set(registry.lineage_groups(con, parent_id)))
     if not pairs:
         raise ValueError(f"no preference pairs in the buffer under reward spec {spec!r} with margin {config.margin_usd}")
-    return batches.write_dpo_batch(batches_root, pairs, {**meta, "reward_spec": spec, "config": plan_config(config)})
+    return batches.write_pairs_batch(batches_root, pairs, {**meta, "reward_spec": spec, "config": plan_config(config)},
+                                     algorithm=preference_algorithm(config))
+
+
+def preference_algorithm(config: PreferenceConfig) -> str:
+    """'dpo' or 'orpo': the algorithm a preference config trains."""
+    if not isinstance(config, (DPOConfig, ORPOConfig)):
+        raise TypeError(f"{type(config).__name__} is not a DPOConfig or an ORPOConfig")
+    return "orpo" if isinstance(config, ORPOConfig) else "dpo"
 
 
 def run_batch(run_dir: str, config) -> str | None:
-    """The batch a run folder was started with (train_grpo/train_dpo keep it inside), checked against config."""
+    """The batch a run folder was started with (train_grpo/train_pairs keep it inside), checked against config."""
     found = storage.committed_children(storage.join(run_dir, RUN_BATCHES))
     if not found:
         return None
@@ -210,14 +220,27 @@ def train_grpo(con, config: GRPOConfig, run_dir: str | os.PathLike, groups: list
     return result
 
 
-def train_dpo(con, config: DPOConfig, run_dir: str | os.PathLike, parent_id: str | None = None,
-              base_model: str | None = None, pairs: list[dict] | None = None) -> TrainResult:
-    """DPO here: the batch of preference pairs, the run, the registration (a finished run is only registered)."""
-    from hitchhiker.train.dpo import train_dpo_batch
+def train_pairs(con, config: PreferenceConfig, run_dir: str | os.PathLike, parent_id: str | None = None,
+                base_model: str | None = None, pairs: list[dict] | None = None) -> TrainResult:
+    """DPO or ORPO here (as the config's class says): the batch of preference pairs, the run, the registration (a
+    finished run is only registered)."""
+    from hitchhiker.train.preference import train_pairs_batch
 
     run_dir = storage.absolute(run_dir)
-    batch_url = write_dpo_batch(con, config, storage.join(run_dir, RUN_BATCHES), parent_id, base_model, pairs)
+    batch_url = write_pairs_batch(con, config, storage.join(run_dir, RUN_BATCHES), parent_id, base_model, pairs)
     registry.record_run(con, run_dir, batch_url)
-    result = train_dpo_batch(batch_url, run_dir)
+    result = train_pairs_batch(batch_url, run_dir, preference_algorithm(config))
     registry.register_run(con, run_dir, batch_url)
     return result
+
+
+def train_dpo(con, config: DPOConfig, run_dir: str | os.PathLike, parent_id: str | None = None,
+              base_model: str | None = None, pairs: list[dict] | None = None) -> TrainResult:
+    """DPO here: train_pairs with a DPOConfig."""
+    return train_pairs(con, config, run_dir, parent_id, base_model, pairs)
+
+
+def train_orpo(con, config: ORPOConfig, run_dir: str | os.PathLike, parent_id: str | None = None,
+               base_model: str | None = None, pairs: list[dict] | None = None) -> TrainResult:
+    """ORPO here: train_pairs with an ORPOConfig (the same buffer pairs as DPO, no reference model)."""
+    return train_pairs(con, config, run_dir, parent_id, base_model, pairs)

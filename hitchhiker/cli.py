@@ -282,8 +282,8 @@ def _cmd_prefect_setup(args) -> int:
 # --- train / loop ----------------------------------------------------------------------------------------
 
 def _add_train(sub, parent) -> None:
-    p = sub.add_parser("train", parents=[parent], help="train a checkpoint on matured replay groups (GRPO or DPO)")
-    p.add_argument("--algorithm", default="grpo", choices=["grpo", "dpo"])
+    p = sub.add_parser("train", parents=[parent], help="train a checkpoint on matured replay groups (GRPO, DPO or ORPO)")
+    p.add_argument("--algorithm", default="grpo", choices=["grpo", "dpo", "orpo"])
     p.add_argument("--parent", default=None, help="checkpoint id to continue (default: the base model)")
     p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
     p.add_argument("--finetune", default="lora", choices=["lora", "full"])
@@ -292,8 +292,8 @@ def _add_train(sub, parent) -> None:
     p.add_argument("--groups-per-step", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=None, help="GRPO: groups per forward pass (gradient accumulation)")
     p.add_argument("--loss-type", default="dr_grpo", choices=["grpo", "bnpo", "dr_grpo", "dapo"])
-    p.add_argument("--beta", type=float, default=None, help="KL weight (GRPO default 0, DPO default 0.1)")
-    p.add_argument("--margin-usd", type=float, default=0.0, help="DPO: minimum reward difference of a pair")
+    p.add_argument("--beta", type=float, default=None, help="KL weight (GRPO default 0, DPO 0.1); ORPO: odds-ratio weight lambda (0.1)")
+    p.add_argument("--margin-usd", type=float, default=0.0, help="DPO/ORPO: minimum reward difference of a pair")
     p.add_argument("--save-every", type=int, default=0, help="GRPO: checkpoint every N optimizer steps")
     p.add_argument("--run-dir", default=None, help="default: <db stem>_checkpoints/<algorithm>-<time>; an existing one resumes")
     p.set_defaults(func=_cmd_train)
@@ -303,7 +303,7 @@ def _cmd_train(args) -> int:
     import time
 
     from hitchhiker import batches, db, storage
-    from hitchhiker.train.config import DPOConfig, GRPOConfig
+    from hitchhiker.train.config import PREFERENCE_CONFIGS, GRPOConfig
 
     con = db.connect(args.db)
     run_dir = args.run_dir or storage.join(_location(args, "checkpoints"), f"{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -326,11 +326,11 @@ def _cmd_train(args) -> int:
                              on_step_end=lambda step, m: print(f"step {step}: loss {m['loss']:.4f} reward_mean {m['reward_mean']:.4f} "
                                                                f"valid {m['valid_rate']:.2f}", flush=True))
         else:
-            from hitchhiker.batches import train_dpo
+            from hitchhiker.batches import train_pairs
 
-            cfg = DPOConfig(finetune=args.finetune, margin_usd=args.margin_usd,
-                            **({"learning_rate": args.lr} if args.lr else {}), **({"beta": args.beta} if args.beta is not None else {}))
-            res = train_dpo(con, cfg, run_dir, parent_id=args.parent, base_model=args.model)
+            cfg = PREFERENCE_CONFIGS[args.algorithm](finetune=args.finetune, margin_usd=args.margin_usd,
+                                                     **({"learning_rate": args.lr} if args.lr else {}), **({"beta": args.beta} if args.beta is not None else {}))
+            res = train_pairs(con, cfg, run_dir, parent_id=args.parent, base_model=args.model)
     finally:
         con.close()
     print(f"checkpoint {res.checkpoint_id}: {res.steps} steps on {len(res.groups_used)} groups -> {res.path}")

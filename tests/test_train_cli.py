@@ -1,4 +1,4 @@
-"""Smoke tests of `hitchhiker train` (GRPO, DPO, resume) and `hitchhiker loop` as subprocesses, and the train flow."""
+"""Smoke tests of `hitchhiker train` (GRPO, DPO, ORPO, resume) and `hitchhiker loop` as subprocesses, and the train flow."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ def _cli(*args, timeout=600):
                           timeout=timeout, env=os.environ)
 
 
-def test_train_cli_grpo_resume_and_dpo(tmp_path):
+def test_train_cli_grpo_resume_dpo_and_orpo(tmp_path):
     model = tiny_model_dir(tmp_path / "tiny")
     con, _, state_ids, _ = scripted_buffer(tmp_path, model, n_days=20)
     con.close()
@@ -32,8 +32,11 @@ def test_train_cli_grpo_resume_and_dpo(tmp_path):
     p = _cli("train", "--db", dbf, "--model", str(model), "--algorithm", "dpo", "--margin-usd", "0.005",
              "--run-dir", str(tmp_path / "dpo-run"))
     assert p.returncode == 0, p.stderr[-2000:]
+    p = _cli("train", "--db", dbf, "--model", str(model), "--algorithm", "orpo", "--margin-usd", "0.005",
+             "--run-dir", str(tmp_path / "orpo-run"))
+    assert p.returncode == 0 and "checkpoint orpo-" in p.stdout, p.stderr[-2000:]
     con = db.connect(dbf, read_only=True)
-    assert {a for (a,) in con.execute("SELECT DISTINCT algorithm FROM checkpoints").fetchall()} == {"grpo", "dpo"}
+    assert {a for (a,) in con.execute("SELECT DISTINCT algorithm FROM checkpoints").fetchall()} == {"grpo", "dpo", "orpo"}
     con.close()
     bad = _cli("train", "--db", dbf, "--parent", "no-such-checkpoint", "--run-dir", str(tmp_path / "x"))
     assert bad.returncode == 2 and "no-such-checkpoint" in bad.stderr
@@ -73,3 +76,8 @@ def test_train_flow(tmp_path, prefect_harness):
     con.close()
     again = prepare_training(dbf, None, run_url, "grpo", config, None, str(model))  # the run is recorded: its batch
     assert again == {**prepared, "resumed": True}
+    # ORPO through the same flow: the buffer's preference pairs as a batch, trained as the batch says, registered
+    orpo_url = str(tmp_path / "orpo-run")
+    prepared = prepare_training(dbf, None, orpo_url, "orpo", {"lora_rank": 4, "margin_usd": 0.005}, None, str(model))
+    out = train_flow(batch_url=prepared["batch_url"], run_url=orpo_url)
+    assert out["checkpoint_id"].startswith("orpo-") and register_training(dbf, orpo_url) == {orpo_url: out["checkpoints"]}

@@ -1,1 +1,1 @@
-"""Training from the replay buffer: GRPO (grpo.py, loss.py), DPO (dpo.py), checkpoints and their registry."""
+"""Training from the replay buffer: GRPO (grpo.py, loss.py), DPO and ORPO (preference.py), checkpoints and their registry."""

@@ -1,7 +1,7 @@
 """A training batch: what a GPU worker needs to train, as files on shared storage, without the store.
 
     <batches>/<batch_id>/
-        rollouts.parquet (GRPO: one row per rollout, groups in plan order) or pairs.parquet (DPO: one row per pair)
+        rollouts.parquet (GRPO: one row per rollout, groups in plan order) or pairs.parquet (DPO, ORPO: one row per pair)
         MANIFEST.json    written last: the files' sizes and sha256, and the batch's meta: batch_id, algorithm,
                          parent checkpoint (id and URL), base model, reward spec, training config, group ids in order
 
@@ -25,6 +25,7 @@ from hitchhiker.train.data import Group, Rollout
 
 ROLLOUTS_FILE = "rollouts.parquet"
 PAIRS_FILE = "pairs.parquet"
+PREFERENCE_ALGORITHMS = ("dpo", "orpo")  # trained on pairs.parquet
 ROLLOUT_SCHEMA = pa.schema([
     ("group_id", pa.string()),
     ("state_id", pa.string()),
@@ -65,14 +66,17 @@ def write_grpo_batch(batches_root: str, groups: list[Group], meta: dict) -> str:
     return _commit(batches_root, ROLLOUTS_FILE, table, {**meta, "algorithm": "grpo", "groups": ids})
 
 
-def write_dpo_batch(batches_root: str, pairs: list[dict], meta: dict) -> str:
-    """Write DPO preference pairs ({group_id, prompt (messages), chosen, rejected, *_reward_usd}) as a batch."""
+def write_pairs_batch(batches_root: str, pairs: list[dict], meta: dict, algorithm: str = "dpo") -> str:
+    """Write preference pairs ({group_id, prompt (messages), chosen, rejected, *_reward_usd}) as a batch that the
+    preference algorithm (PREFERENCE_ALGORITHMS: 'dpo' or 'orpo') trains on."""
+    if algorithm not in PREFERENCE_ALGORITHMS:
+        raise ValueError(f"algorithm {algorithm!r} is not a preference algorithm {PREFERENCE_ALGORITHMS}")
     if not pairs:
-        raise ValueError("a DPO batch needs at least one preference pair")
+        raise ValueError(f"a {algorithm.upper()} batch needs at least one preference pair")
     rows = [{**{k: p[k] for k in ("group_id", "chosen_reward_usd", "rejected_reward_usd")},
              **{k: json.dumps(p[k]) for k in ("prompt", "chosen", "rejected")}} for p in pairs]
     table = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
-    return _commit(batches_root, PAIRS_FILE, table, {**meta, "algorithm": "dpo", "groups": [p["group_id"] for p in pairs]})
+    return _commit(batches_root, PAIRS_FILE, table, {**meta, "algorithm": algorithm, "groups": [p["group_id"] for p in pairs]})
 
 
 def _commit(batches_root: str, name: str, table: pa.Table, meta: dict) -> str:

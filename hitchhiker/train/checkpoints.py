@@ -5,7 +5,7 @@ Folder layout (hitchhiker.policy.load_policy reads it as a checkpoint; on object
         adapter_config.json + adapter_model.safetensors   (LoRA)   or   config.json + model.safetensors (full)
         tokenizer files
         hitchhiker_checkpoint.json   {checkpoint_id, parent_id, run_id, base_model, algorithm, finetune, step, ...}
-        trainer_state.pt             optimizer, scheduler, RNG states (what resume needs; absent for DPO)
+        trainer_state.pt             optimizer, scheduler, RNG states (what resume needs; absent for DPO, ORPO)
         MANIFEST.json                written last: every file's size and sha256, and the metadata above
 A checkpoint without a manifest does not exist for loading, resuming or registration (hitchhiker.storage.commit_dir:
 locally a hidden temp folder, fsynced and renamed; on object storage the manifest object after the files). The

@@ -83,8 +83,8 @@ class GRPOConfig(FinetuneConfig):
 
 
 @dataclass
-class DPOConfig(FinetuneConfig):
-    """DPO on preference pairs from the buffer (best vs worst valid completion of a group)."""
+class PreferenceConfig(FinetuneConfig):
+    """Training on the buffer's preference pairs (best vs worst valid completion of a group): DPO's and ORPO's."""
 
     reward_spec: str | None = None
     margin_usd: float = 0.0  # a pair needs reward(best) - reward(worst) > margin_usd
@@ -94,7 +94,21 @@ class DPOConfig(FinetuneConfig):
     epochs: float = 1.0
     max_steps: int = -1
     seed: int = 0
-    extra: dict = field(default_factory=dict)  # passed through to trl.DPOConfig
+    extra: dict = field(default_factory=dict)  # passed through to TRL's config (trl.DPOConfig, ORPOConfig)
+
+
+@dataclass
+class DPOConfig(PreferenceConfig):
+    """DPO: beta weighs the implicit reward log(pi / pi_ref) (the reference: the parent, or the base model)."""
+
+
+@dataclass
+class ORPOConfig(PreferenceConfig):
+    """ORPO (odds-ratio preference optimization): the chosen answer's NLL plus beta (the paper's lambda) times
+    -log sigmoid(log odds(chosen) - log odds(rejected)); no reference model."""
+
+
+PREFERENCE_CONFIGS = {"dpo": DPOConfig, "orpo": ORPOConfig}
 
 
 def as_dict(config) -> dict:
