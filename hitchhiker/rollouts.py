@@ -189,13 +189,17 @@ def generate_dates(db_file, start: date | str, end: date | str, policy_config, c
     policy = load_policy(policy_config)  # before the store is taken: loading (or building) a model takes a while
     with hold_store(), contextlib.closing(db.connect(db_file)) as con:
         n_states, missing = missing_state_ids(con, start, end, policy.policy_version, root, mode)
-        # a budget takes the first missing states, so the next run continues where this one stopped
-        states = load_states(con, missing if max_states is None else missing[:max_states])
+        # a budget takes the first missing states, so the next run continues where this one stopped; without one,
+        # every state of the dates goes to sample_states, which samples the missing ones in the batches of an
+        # uninterrupted run (_batches)
+        asked = missing[:max_states] if max_states is not None else select_state_ids(con, start, end, mode) if missing else []
+        states = load_states(con, asked)
     summary = sample_states(policy, states, config, root, progress)
     with hold_store(), contextlib.closing(db.connect(db_file)) as con:
         replay.ensure_view(con, root)
-    return {**summary, "states": n_states, "groups_skipped": n_states - len(missing) + summary["groups_skipped"],
-            "states_left": len(missing) - len(states)}
+    already = n_states - len(missing) if max_states is not None or not missing else 0  # counted by sample_states
+    return {**summary, "states": n_states, "groups_skipped": already + summary["groups_skipped"],
+            "states_left": len(missing) - len(states) if max_states is not None else 0}
 
 
 def _prompt_or_failure(policy, state: State, failed: dict[str, str]) -> list[int] | None:
@@ -216,20 +220,19 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
     render, rows that do not fit the file schema) is skipped, logged and listed in `states_failed` (state_id ->
     why); it never stops the other states of its date or batch."""
     failed: dict[str, str] = {}
-    todo = [s for s in states if not _has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))]
-    prompt_of = {s.state_id: p for s in todo if (p := _prompt_or_failure(policy, s, failed)) is not None}
-    todo = [s for s in todo if s.state_id in prompt_of]
-    sampler = _vllm_sampler(policy) if config.backend == "vllm" and todo else sample_token_groups
+    missing = {s.state_id for s in states
+               if not _has_group(root, s.decision_date, s.pair, group_id(s.state_id, policy.policy_version))}
+    prompt_of = {s.state_id: p for s in states
+                 if (p := _prompt_or_failure(policy, s, failed if s.state_id in missing else {})) is not None}
+    batches = _batches([s for s in states if s.state_id in prompt_of], prompt_of, config.groups_per_batch)
+    batches = [b for b in batches if any(s.state_id in missing for s in b)]
+    n_todo = sum(s.state_id in missing for b in batches for s in b)
+    sampler = _vllm_sampler(policy) if config.backend == "vllm" and batches else sample_token_groups
     started = time.perf_counter()
-    actions, n_valid, n_rows, n_tokens, written = Counter(), 0, 0, 0, 0
+    actions, n_valid, n_rows, n_tokens, written, done = Counter(), 0, 0, 0, 0, 0
     if progress:
-        progress(0, len(todo))
-    # Batches of similar prompt lengths: a batch is padded to its longest prompt, so mixing a 460-token prompt with
-    # an 820-token one doubles the first one's prefill. Samples do not depend on the batching (one generator per
-    # group), so the order only changes speed.
-    todo = sorted(todo, key=lambda s: len(prompt_of[s.state_id]))
-    for i in range(0, len(todo), config.groups_per_batch):
-        batch = todo[i : i + config.groups_per_batch]
+        progress(0, n_todo)
+    for batch in batches:
         gids = [group_id(s.state_id, policy.policy_version) for s in batch]
         prompts = [prompt_of[s.state_id] for s in batch]
         generators = [group_generator(config.seed, g, policy.device) for g in gids]
@@ -241,6 +244,9 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         samples = sampler(policy, prompts, temperatures, generators, config)
         now = datetime.now(timezone.utc)
         for state, gid, prompt, temps, group in zip(batch, gids, prompts, temperatures.tolist(), samples):
+            if state.state_id not in missing:
+                continue  # written by an earlier run: sampled again only to keep its batch as it was
+            done += 1
             rows = [_row(policy, state, gid, prompt, k, t, config.top_p, ids, lps, now) for k, (t, (ids, lps)) in enumerate(zip(temps, group))]
             try:
                 if replay.write_group(root, state.decision_date, state.pair, gid, rows) is None:
@@ -256,7 +262,7 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
                 actions[r["action"] if r["valid"] else "invalid"] += 1
                 n_tokens += len(r["completion_ids"])
         if progress:
-            progress(min(i + len(batch), len(todo)), len(todo))
+            progress(done, n_todo)
     seconds = time.perf_counter() - started
     for state_id, why in failed.items():
         state = next(s for s in states if s.state_id == state_id)
@@ -276,6 +282,20 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         "policy_version": policy.policy_version,
         "root": str(root),
     }
+
+
+def _batches(states: list[State], prompt_of: dict[str, list[int]], size: int) -> list[list[State]]:
+    """`states` in batches of `size` and similar prompt lengths (a batch is padded to its longest prompt, so mixing a
+    460-token prompt with an 820-token one doubles the first one's prefill), in a fixed order (length, then the
+    given order).
+
+    The batches are cut over every state asked for, written or not, so that a re-run after a kill samples each
+    missing group beside the same groups as the uninterrupted run: a group's draws have their own generator, but
+    batched matrix products round differently for different batch shapes, and one flipped low bit can flip a draw.
+    A batch whose groups all exist is not sampled; one with some existing groups is sampled whole (at most one such
+    batch per kill) and only its missing groups are written."""
+    ordered = sorted(states, key=lambda s: len(prompt_of[s.state_id]))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def _row(policy, state: State, gid: str, prompt: list[int], k: int, temperature: float, top_p: float,
