@@ -14,7 +14,7 @@ BUDGET_S = 600  # the loop stops learning after this (the acceptance's 10 minute
 def _learn(tmp_path, seed: int):
     con = db.connect(tmp_path / f"seed{seed}.duckdb")
     cfg = synthetic_setup(con, SyntheticMarket(seed=seed), eval_dates=60, iterations=80, eval_every=4,
-                          target_accuracy=0.9, time_budget_s=BUDGET_S - 60, seed=seed)
+                          states_per_iteration=32, target_accuracy=0.9, time_budget_s=BUDGET_S - 60, seed=seed)
     cfg.sampling.seed = cfg.grpo.seed = cfg.grpo.shuffle_seed = seed
     res = run_loop(con, cfg, tmp_path / f"loop{seed}", tmp_path / f"replay{seed}")
     return con, cfg, res
@@ -44,27 +44,32 @@ def test_grpo_loop_learns(tmp_path):
 
     default_model_path()  # built (once, cached) before the clock starts: the budget is for learning
     outcomes = []
-    for seed in (0, 1):  # the acceptance allows two fixed seeds
+    for seed in (0, 1):  # the acceptance allows two fixed seeds: one must meet every condition below
         con, cfg, res = _learn(tmp_path, seed)
         start, end = res.history[0], res.history[-1]
+        print(f"seed {seed} (iteration, seconds, accuracy, valid rate):",
+              [(h["iteration"], round(h["seconds"]), round(h["accuracy"], 3), round(h["valid_rate"], 3))
+               for h in res.history])
         # before any GRPO step (the warmed-up model): valid format, accuracy not distinguishable from a coin
         assert start["iteration"] == 0 and start["n"] >= 200
         assert start["valid_rate"] >= 0.95
         assert binomial_p_greater(start["correct"], start["n"]) > 1e-3
         assert binomial_p_greater(start["n"] - start["correct"], start["n"]) > 1e-3
         # valid format throughout: every greedy evaluation, and the sampled groups on average
-        assert all(h["valid_rate"] >= 0.95 for h in res.history)
         sampled = [i["sample_valid_rate"] for i in res.iterations]
-        assert sum(sampled) / len(sampled) >= 0.95
-        outcomes.append((seed, end["accuracy"], end["p_value"], end["seconds"], end["n"]))
-        print(f"seed {seed}:", [(h["iteration"], round(h["seconds"]), round(h["accuracy"], 3)) for h in res.history])
-        if end["accuracy"] >= 0.8 and end["p_value"] < 1e-3 and end["n"] >= 200:
+        valid = min(h["valid_rate"] for h in res.history) >= 0.95 and sum(sampled) / len(sampled) >= 0.95
+        learned = end["accuracy"] >= 0.8 and end["p_value"] < 1e-3 and end["n"] >= 200
+        outcomes.append(dict(seed=seed, accuracy=end["accuracy"], p_value=end["p_value"], seconds=end["seconds"],
+                             n=end["n"], min_valid_rate=min(h["valid_rate"] for h in res.history),
+                             mean_sample_valid_rate=sum(sampled) / len(sampled)))
+        if valid and learned:
             _beats_random_and_base(con, cfg, res, tmp_path)
             con.close()
             break
         con.close()
-    seed, accuracy, p_value, seconds, n = outcomes[-1]
-    assert accuracy >= 0.8 and p_value < 1e-3 and n >= 200, outcomes  # (seconds: printed; bench/learning.py's)
+    else:
+        raise AssertionError(f"no seed learned with a valid format throughout: {outcomes}")
+    print("learned:", outcomes[-1])  # (seconds: printed; bench/learning.py times it)
 
 
 def test_loop_cli_and_flow_on_the_synthetic_market(tmp_path, prefect_harness):
