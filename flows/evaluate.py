@@ -16,23 +16,46 @@ from hitchhiker.evaluate import EvalConfig
 
 @task
 def run_evaluation(db_path: str | None, checkpoint: str, start: str, end: str, config: dict, gate: bool) -> dict:
-    """Evaluate (and gate) under the store's writer slot; returns the run id, report path and metric rows."""
+    """Evaluate (and, with gate, reach the gate's verdict) under the store's writer slot; returns the run id, report
+    path, metric rows and the verdict, not yet decided in the store (`record_promotion` does that)."""
+    from dataclasses import asdict
+
     from hitchhiker import db, evaluate
-    from hitchhiker.gate import promotion_gate
+    from hitchhiker.gate import gate_verdict
 
     cfg = EvalConfig(**config)
     with store_slot():
         con = db.connect(db_path)
         try:
             if gate:
-                run, decision = promotion_gate(con, checkpoint, start, end, cfg)
-                verdict = decision.reason
+                run, decision = gate_verdict(con, checkpoint, start, end, cfg)
+                verdict = asdict(decision)
             else:
                 run, verdict = evaluate.evaluate(con, checkpoint, start, end, cfg), None
         finally:
             con.close()
     return {"run_id": run.run_id, "candidate": run.candidate, "report_path": str(run.report_path),
             "rows": [dict(zip(report.TABLE_COLUMNS, row)) for row in report.table_rows(run.results)], "gate": verdict}
+
+
+@task
+def record_promotion(db_path: str | None, verdict: dict) -> bool:
+    """Log the gate's verdict in `promotions` (once per candidate and evaluation run); after the report is published,
+    so a decision never exists without its report."""
+    from hitchhiker import db
+    from hitchhiker.gate import GateDecision, record_decision
+
+    decision = GateDecision(**(verdict | {"difference_ci": tuple(verdict["difference_ci"])}))
+    with store_slot():
+        con = db.connect(db_path)
+        try:
+            logged = record_decision(con, decision)
+        finally:
+            con.close()
+    if not logged:
+        get_run_logger().warning("gate: the decision on %s (evaluation %s) was not logged again: it already was, or the "
+                                 "champion changed since the verdict", decision.candidate, decision.run_id[:12])
+    return logged
 
 
 @task
@@ -85,7 +108,9 @@ def evaluate_flow(checkpoint: str, start: str, end: str, db: str | None = None, 
     published = None
     if url is not None and not files.is_local(url):
         published = publish_report(result["report_path"], files.location(db, url, "reports"))
+    if gate:
+        record_promotion(db, result["gate"])
+    verdict = result["gate"]["reason"] if gate else None
     get_run_logger().info("evaluation %s: report %s%s%s", result["run_id"][:12], result["report_path"],
-                          f" (published to {published})" if published else "",
-                          f"; gate: {result['gate']}" if result["gate"] else "")
-    return {k: result[k] for k in ("run_id", "report_path", "gate")} | {"report_url": published}
+                          f" (published to {published})" if published else "", f"; gate: {verdict}" if gate else "")
+    return {k: result[k] for k in ("run_id", "report_path")} | {"gate": verdict, "report_url": published}

@@ -50,6 +50,9 @@ class GateDecision:
     p_value: float = float("nan")
     n_dates: int = 0
     refused: bool = False  # the gate would not decide (too few dates, headlines not anonymized, contaminated)
+    run_id: str = ""  # the evaluation run it was decided on (with the candidate: the `promotions` row's identity)
+    metric: str = "mean_reward_usd"
+    margin: float = 0.0
 
 
 def decide(candidate_daily, champion_daily, config: EvalConfig = EvalConfig()) -> Verdict:
@@ -145,9 +148,20 @@ def contamination_refusal(run: EvalRun, config: EvalConfig) -> str | None:
 
 def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),
                    spec=None, policies: dict | None = None) -> tuple[EvalRun, GateDecision]:
+    """`gate_verdict`, then `record_decision`: evaluate, decide, write the verdict into the report, log it in
+    `promotions`. A flow that publishes the report elsewhere calls the two itself, publishing in between."""
+    run, decision = gate_verdict(con, candidate, start, end, config, spec, policies)
+    record_decision(con, decision)
+    return run, decision
+
+
+def gate_verdict(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config: EvalConfig = EvalConfig(),
+                 spec=None, policies: dict | None = None) -> tuple[EvalRun, GateDecision]:
     """Evaluate `candidate` against the champion (or the base model when there is none) on the validation window and
-    apply `decide` to their paired daily `config.gate_metric`; a window of states whose headlines could not be
-    anonymized is refused first. Every decision, refusals included, is logged in `promotions`."""
+    apply `decide` to their paired daily `config.gate_metric`; a contaminated window, or one of states whose headlines
+    could not be anonymized, is refused. The verdict goes into the run's report; nothing is decided in the store until
+    `record_decision`, so the report (and its published copy) always exists before the decision does: a run killed in
+    between decides again, on the same evaluation, with the same verdict."""
     if config.gate_metric not in GATE_METRICS:
         raise ValueError(f"gate metric {config.gate_metric!r} is not 'mean_reward_usd' or 'accuracy'")
     current = champion(con)
@@ -157,22 +171,38 @@ def promotion_gate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, c
     against = current or next(s for s, k in run.kinds.items() if k == "base")
     verdict = decide(*paired_series(run, run.candidate, against, config.gate_metric), config)
     refusal = contamination_refusal(run, config) or anonymization_refusal(run, config)
-    promoted = verdict.promoted and refusal is None
     lo, hi = verdict.ci
     reason = (f"{config.gate_metric} {verdict.difference:+.5f} vs {against} over {verdict.n_dates} dates (95% CI "
               f"[{lo:+.5f}, {hi:+.5f}], one-sided p {verdict.p_value:.3g} clustered by date, margin "
               f"{config.gate_margin}): {refusal or verdict.reason}")
-    with db.transaction(con):
-        con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [datetime.now(timezone.utc), run.candidate, current, promoted, config.gate_metric, config.gate_margin,
-                     _finite(verdict.difference), _finite(lo), _finite(hi), run.run_id, reason])
-        faults.point("promotions.before-commit")
-    faults.point("promotions.after-commit")
-    with open(run.report_path, "a") as f:  # the report was written before the verdict existed
+    with open(run.report_path, "a") as f:  # evaluate wrote the report afresh, before the verdict existed
         f.write(f"\n## Promotion gate\n\n{reason}\n")
     refused = refusal is not None or verdict.reason.startswith("refused")
-    return run, GateDecision(run.candidate, current, promoted, verdict.difference, (lo, hi), reason, verdict.p_value,
-                             verdict.n_dates, refused)
+    return run, GateDecision(run.candidate, current, verdict.promoted and refusal is None, verdict.difference, (lo, hi),
+                             reason, verdict.p_value, verdict.n_dates, refused, run.run_id, config.gate_metric,
+                             config.gate_margin)
+
+
+def record_decision(con: duckdb.DuckDBPyConnection, decision: GateDecision) -> bool:
+    """Log `decision` in `promotions` (promoting its candidate when it says so); True when this call logged it.
+
+    Once per verdict: a decision already logged for the same candidate, evaluation run and verdict (a re-run after a
+    kill, or two daily runs that gated the same waiting candidate at once) is not logged again; the same evaluation
+    gated under other settings (another metric, margin or knowledge cutoff: another verdict text) is a new decision. A decision taken against a
+    champion that is no longer the champion is not logged either (False): gate the candidate again."""
+    with db.transaction(con):
+        logged = con.execute("SELECT count(*) FROM promotions WHERE candidate = ? AND run_id = ? AND reason = ?",
+                             [decision.candidate, decision.run_id, decision.reason]).fetchall()[0][0]
+        if logged or champion(con) != decision.champion_before:
+            return False
+        lo, hi = decision.difference_ci
+        con.execute("INSERT INTO promotions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [datetime.now(timezone.utc), decision.candidate, decision.champion_before, decision.promoted,
+                     decision.metric, decision.margin, _finite(decision.difference), _finite(lo), _finite(hi),
+                     decision.run_id, decision.reason])
+        faults.point("promotions.before-commit")
+    faults.point("promotions.after-commit")
+    return True
 
 
 def _finite(x: float) -> float | None:

@@ -323,6 +323,29 @@ def test_gate_refuses_a_window_with_fewer_dates_than_its_minimum(store, tmp_path
     assert gate.champion(store) is None
 
 
+def test_the_verdict_is_in_the_report_before_the_decision_is_logged_once_per_evaluation(store, tmp_path):
+    """gate_verdict writes the report and decides nothing in the store; record_decision logs it once per candidate and
+    evaluation run (a re-run after a kill, two daily runs at once), and never against a champion replaced meanwhile."""
+    _register(store, "cand")
+    _register(store, "other")
+    _insert_states(store, date(2016, 8, 1), date(2016, 8, 12), {t: True for t in TICKERS}, headlines_b=1)
+    config = EvalConfig(n_boot=200, reports_dir=str(tmp_path / "reports"))
+    policies = {"cand": _picker("B"), "other": _picker("A"), "base": _picker("A")}
+    run, pending = gate.gate_verdict(store, "cand", "2016-08-01", "2016-08-12", config, policies=policies)
+    assert store.execute("SELECT count(*) FROM promotions").fetchall() == [(0,)]
+    assert f"## Promotion gate\n\n{pending.reason}" in run.report_path.read_text()
+    assert pending.run_id == run.run_id and pending.champion_before is None
+    assert gate.record_decision(store, pending) is True
+    again, same = gate.gate_verdict(store, "cand", "2016-08-01", "2016-08-12", config, policies=policies)
+    assert (same.run_id, same.reason) == (pending.run_id, pending.reason) and gate.record_decision(store, same) is False
+    assert store.execute("SELECT candidate, run_id FROM promotions").fetchall() == [("cand", run.run_id)]
+
+    _, stale = gate.gate_verdict(store, "other", "2016-08-01", "2016-08-12", config, policies=policies)
+    store.execute("INSERT INTO promotions VALUES (now(), 'cand', NULL, true, 'mean_reward_usd', 0, 0, 0, 0, 'r', 'test')")
+    assert gate.champion(store) == "cand" and gate.record_decision(store, stale) is False
+    assert store.execute("SELECT count(*) FROM promotions WHERE candidate = 'other'").fetchall() == [(0,)]
+
+
 def test_gate_refuses_a_window_before_the_base_models_knowledge_cutoff(store, tmp_path):
     """A 2016 window for a Llama 3.1 fine-tune (card: knowledge cutoff December 2023) or a model whose card states no
     cutoff is contaminated: marked in the report, refused by the gate unless allowed; a cutoff set before the window
