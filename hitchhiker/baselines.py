@@ -9,6 +9,8 @@ its rewards come from the same SQL as the policy's. Past returns are computed po
 - always_a (pairwise) / always_buy (elementwise): the position-bias and market baselines
 - momentum: the stock with the higher past return over the state's history window (elementwise: buy if up)
 - mean_reversion: the opposite of momentum
+- listwise: random (a seeded shuffle per state), momentum (the basket by past return, highest first) and
+  mean_reversion (lowest first); a missing history counts as a zero return, ties keep the prompt order
 - buy_and_hold: $1 long every stock of the day's states in equal weight (pairwise runs: the universe of the
   pairs); a benchmark series with no accuracy, since it picks nothing
 """
@@ -24,13 +26,17 @@ from hitchhiker import contract, db
 
 PAIRWISE_BASELINES = ("random", "always_a", "momentum", "mean_reversion", "buy_and_hold")
 ELEMENTWISE_BASELINES = ("random", "always_buy", "momentum", "mean_reversion")
+LISTWISE_BASELINES = ("random", "momentum", "mean_reversion", "buy_and_hold")
+BASELINES = {contract.PAIRWISE: PAIRWISE_BASELINES, contract.ELEMENTWISE: ELEMENTWISE_BASELINES,
+             contract.LISTWISE: LISTWISE_BASELINES}
 
 DECISION_COLUMNS = ["decision_id", "state_id", "decision_date", "mode", "pair", "ticker_a", "ticker_b", "action",
                     "proportion", "position", "valid", "history_days"]
 
 
 def past_returns(con: duckdb.DuckDBPyConnection, states: pd.DataFrame) -> pd.DataFrame:
-    """Per state: last_return_a/b and past_return_a/b (b NaN for elementwise), point-in-time, per $1."""
+    """Per state: last_return_a/b and past_return_a/b (b NaN for elementwise), and `past_returns`, every leg's in
+    prompt order (a listwise basket's K), point-in-time, per $1."""
     rel = states[["state_id", "decision_date", "history_days", "tickers"]]
     con.register("eval_states", rel)
     try:
@@ -42,6 +48,9 @@ def past_returns(con: duckdb.DuckDBPyConnection, states: pd.DataFrame) -> pd.Dat
         part = rows[rows["slot"] == slot].set_index("state_id")
         out[f"last_return_{suffix}"] = out["state_id"].map(part["last_return"]).astype(float)
         out[f"past_return_{suffix}"] = out["state_id"].map(part["past_return"]).astype(float)
+    legs = {(s, k): v for s, k, v in zip(rows["state_id"], rows["slot"], rows["past_return"])}
+    out["past_returns"] = [[float(legs.get((s, k + 1), np.nan)) for k in range(len(ts))]
+                           for s, ts in zip(states["state_id"], states["tickers"])]
     return out
 
 
@@ -50,9 +59,10 @@ def _coin(state_ids: pd.Series, seed: int, sides: int) -> np.ndarray:
 
 
 def fixed_decisions(states: pd.DataFrame, name: str, action: list, proportion, position) -> pd.DataFrame:
-    """A decisions frame of `name` on `states` with the given action(s), proportion(s) and position(s)."""
+    """A decisions frame of `name` on `states` with the given action(s), proportion(s) and position(s); listwise
+    decisions also carry their basket (`tickers`, prompt order), which the rewards SQL prices."""
     mode = states["mode"].iloc[0]
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "decision_id": [f"{name}:{s}" for s in states["state_id"]],
         "state_id": states["state_id"].to_numpy(),
         "decision_date": states["decision_date"].to_numpy(),
@@ -66,6 +76,9 @@ def fixed_decisions(states: pd.DataFrame, name: str, action: list, proportion, p
         "valid": True,
         "history_days": states["history_days"].to_numpy(),
     })[DECISION_COLUMNS]
+    if mode == contract.LISTWISE:
+        frame["tickers"] = [list(t) for t in states["tickers"]]
+    return frame
 
 
 def decide(name: str, states: pd.DataFrame, returns: pd.DataFrame | None = None, seed: int = 0) -> pd.DataFrame:
@@ -78,13 +91,15 @@ def decide(name: str, states: pd.DataFrame, returns: pd.DataFrame | None = None,
     mode = modes.pop()
     if name == "buy_and_hold":
         return buy_and_hold(states)
-    allowed = PAIRWISE_BASELINES if mode == contract.PAIRWISE else ELEMENTWISE_BASELINES
+    allowed = BASELINES[mode]
     if name not in allowed:
         raise ValueError(f"baseline {name!r} is not one of {allowed} for {mode} states")
     if name in ("momentum", "mean_reversion"):
         if returns is None:
             raise ValueError(f"baseline {name} needs past returns")
         r = states[["state_id"]].merge(returns, on="state_id", how="left")
+    if mode == contract.LISTWISE:
+        return fixed_decisions(states, name, _rankings(name, states, r if name != "random" else None, seed), np.nan, np.nan)
     if mode == contract.PAIRWISE:
         if name == "random":
             pick_a = _coin(states["state_id"], seed, 2) == 0
@@ -103,6 +118,21 @@ def decide(name: str, states: pd.DataFrame, returns: pd.DataFrame | None = None,
         up = r["past_return_a"].fillna(0.0).to_numpy() > 0
         words = np.where(up == (name == "momentum"), "buy", "sell")
     return fixed_decisions(states, name, words.tolist(), np.nan, [contract.POSITIONS[w] for w in words])
+
+
+def _rankings(name: str, states: pd.DataFrame, returns: pd.DataFrame | None, seed: int) -> list[str]:
+    """Listwise actions ('C>A>D>B') of a rule: a seeded shuffle per state, or the legs by past return."""
+    out = []
+    for i, (state_id, tickers) in enumerate(zip(states["state_id"], states["tickers"])):
+        k = len(tickers)
+        if name == "random":
+            order = np.random.default_rng(int(hashlib.sha256(f"{seed}:{state_id}".encode()).hexdigest()[:15], 16)).permutation(k)
+        else:
+            past = np.nan_to_num(np.asarray(returns["past_returns"].iloc[i], float), nan=0.0)
+            key = -past if name == "momentum" else past
+            order = np.argsort(key, kind="stable")  # ties keep the prompt order
+        out.append(">".join(contract.LETTERS[j] for j in order))
+    return out
 
 
 def buy_and_hold(states: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,7 @@ def add_eval(sub, parent) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint id, or 'base' for the untrained model")
     p.add_argument("--start", required=True, help="first decision date (YYYY-MM-DD)")
     p.add_argument("--end", required=True, help="last decision date (YYYY-MM-DD)")
-    p.add_argument("--mode", default="pairwise", choices=["pairwise", "elementwise"])
+    p.add_argument("--mode", default="pairwise", choices=["pairwise", "elementwise", "listwise"])
     p.add_argument("--style", default=None, choices=["full", "trend"], help="only states of this rendering")
     p.add_argument("--model", default=None, help="base model id or path (default: the default small model)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for the intervals")
@@ -36,7 +36,7 @@ def _cmd_eval(args) -> int:
             run, decision = evaluate.evaluate(con, args.checkpoint, args.start, args.end, config), None
     finally:
         con.close()
-    rows = [report.TABLE_COLUMNS] + report.table_rows(run.results)
+    rows = [report.table_columns(args.mode)] + report.table_rows(run.results, args.mode)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"{run.candidate}: {run.window[0]} .. {run.window[1]}, {run.n_states} {args.mode} states")
     for i, r in enumerate(rows):

@@ -6,8 +6,9 @@
 2. The real data shipped in hitchhiker/data/: ingest prices and news -> company names (for anonymization) ->
    pairwise states -> a few loop iterations -> the last checkpoint evaluated against the base model and the rule
    baselines on held-out dates, and the promotion gate (`hitchhiker.evaluate`: a markdown report with plots), with
-   one line that says what the result means.
-The report's first screen shows both acts.
+   one line that says what the result means; then the same checkpoint ranks baskets of 4 stocks on the held-out
+   dates (listwise states, its own report), against the base model and the listwise baselines.
+The report's first screen shows both acts and both tables.
 
 Re-running starts clean, explicitly: the demo deletes what its previous run wrote (the paths listed in
 `<out>/demo.json`, written before anything else) and runs again, so every run leaves one store with one run's
@@ -51,6 +52,9 @@ class DemoConfig:
     # 32 states an iteration (4 optimizer steps of 8 groups): with 16 the plateau before the jump to 1.0 lasted
     # 20 to 60+ iterations depending on seed and thread count; with 32, 10 and 26 for seeds 0 and 1 (README)
     synthetic_states_per_iteration: int = 32
+    # Act 2's listwise table: the same checkpoint ranking baskets of list_size stocks on the held-out dates
+    list_size: int = 4
+    lists_per_date: int = 2
 
 
 @dataclass
@@ -65,6 +69,8 @@ class DemoResult:
     subjects: list[str]  # evaluated: checkpoint, base model, baselines
     table: list[list[str]]  # the report's metrics table, one row per subject (report.TABLE_COLUMNS)
     gate: str  # the promotion gate's verdict
+    listwise_table: list[list[str]]  # the listwise evaluation's table (report.LISTWISE_COLUMNS), one row per subject
+    listwise_report: Path
     synthetic: list[dict]  # act 1: the loop's held-out accuracy per iteration on the synthetic market
     meaning: str  # what the real-data result means, in plain words
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
@@ -173,6 +179,10 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
                                    evaluate.EvalConfig(style=cfg.states.style, n_boot=config.n_boot,
                                                        seed=config.seed, reports_dir=str(p["reports"])))
         seconds["evaluate"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        listwise = _listwise_evaluation(con, config, cfg, res.checkpoint_id, p, log)
+        seconds["listwise"] = time.perf_counter() - t
         counts = {name: con.execute(f"SELECT count(*) FROM {name}").fetchall()[0][0] for name in (
             "prices", "news", "states", "replay", "rewards", "advantages", "checkpoints", "evaluations", "promotions")}
     finally:
@@ -180,12 +190,29 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
     result = DemoResult(db=p["db"], replay_root=p["replay"], loop_dir=p["loop"], report=run.report_path,
                         checkpoint_id=res.checkpoint_id, counts=counts, history=res.history,
                         subjects=[r.subject for r in run.results], table=report.table_rows(run.results),
-                        gate=gate.reason, synthetic=synthetic,
+                        gate=gate.reason, listwise_table=report.table_rows(listwise.results, "listwise"),
+                        listwise_report=listwise.report_path, synthetic=synthetic,
                         meaning=plain_words(run.summaries[run.candidate], run.n_states, gate.promoted, gate.reason),
                         seconds=seconds)
     report.prepend(run.report_path, front_page(result, config),
                    {"synthetic_accuracy.png": report.learning_curve_figure(synthetic, config.synthetic_target)})
     return result
+
+
+def _listwise_evaluation(con, config: DemoConfig, cfg, checkpoint_id: str, p: dict[str, Path], log):
+    """Listwise states of the held-out dates, and the checkpoint's rankings evaluated on them (`evaluate.evaluate`)."""
+    from hitchhiker import evaluate, states
+
+    listwise = states.StatesConfig(mode="listwise", style=cfg.states.style, list_size=config.list_size,
+                                   max_lists_per_date=config.lists_per_date, seed=config.seed)
+    dates = states.trading_days(con, config.eval_start, config.eval_end)
+    from hitchhiker.loop import _tokenizer
+
+    ids = states.build_states(con, listwise, dates, tokenizer=_tokenizer(cfg.states.tokenizer or cfg.model))
+    log(f"listwise: {len(ids)} baskets of {config.list_size} stocks on the held-out dates; {checkpoint_id} ranks them "
+        "(evaluated against the base model and the listwise baselines) ...")
+    return evaluate.evaluate(con, checkpoint_id, config.eval_start, config.eval_end, evaluate.EvalConfig(
+        mode="listwise", style=cfg.states.style, n_boot=config.n_boot, seed=config.seed, reports_dir=str(p["reports"])))
 
 
 def _synthetic_act(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> list[dict]:
@@ -248,9 +275,16 @@ def _table(result: DemoResult) -> list[list[str]]:
     return [["policy", "accuracy [95% CI]", "mean reward_usd [95% CI]"]] + [r[:3] for r in result.table]
 
 
+def _listwise_table(result: DemoResult) -> list[list[str]]:
+    from hitchhiker.report import LISTWISE_COLUMNS
+
+    keep = [0, 1, 2, 3, 4, LISTWISE_COLUMNS.index("valid")]  # a model that writes no valid ranking scores 0: say so
+    return [[LISTWISE_COLUMNS[i] for i in keep]] + [[r[i] for i in keep] for r in result.listwise_table]
+
+
 def front_page(result: DemoResult, config: DemoConfig) -> list[str]:
     """The report's first screen: both acts, the synthetic curve and the real table, above the full evaluation."""
-    rows = _table(result)
+    rows, lw = _table(result), _listwise_table(result)
     return [
         "# hitchhiker demo", "",
         "## 1. A market with a learnable rule (synthetic)", "",
@@ -258,7 +292,14 @@ def front_page(result: DemoResult, config: DemoConfig) -> list[str]:
         "", "![Held-out accuracy per iteration on the synthetic market](synthetic_accuracy.png)", "",
         f"## 2. Real daily prices, held out {config.eval_start} .. {config.eval_end}", "",
         "| " + " | ".join(rows[0]) + " |", "|---|---|---|", *("| " + " | ".join(r) + " |" for r in rows[1:]), "",
-        f"Promotion gate: {result.gate}", "", f"**{result.meaning}**", "", "---", "",
+        f"Promotion gate: {result.gate}", "", f"**{result.meaning}**", "",
+        f"### The same checkpoint ranking baskets of {config.list_size} (listwise, held out {config.eval_start} .. "
+        f"{config.eval_end}; [full report]({result.listwise_report}))", "",
+        "Pair-ordering accuracy: share of a basket's pairs ordered like their realized returns (chance 0.5); top-1 hit: "
+        f"the first-ranked stock was the best (chance 1/{config.list_size}); reward: $1 long the first-ranked, $1 short "
+        "the last. Intervals: 95 % block bootstrap over dates.", "",
+        "| " + " | ".join(lw[0]) + " |", "|---" * len(lw[0]) + "|", *("| " + " | ".join(r) + " |" for r in lw[1:]), "",
+        "---", "",
     ]
 
 
@@ -266,8 +307,9 @@ def summary(result: DemoResult, ui: str = "http://127.0.0.1:4200") -> list[str]:
     """What the demo prints at the end: where everything is and how to look at it."""
     first, last = result.history[0], result.history[-1]
     queries = db.SQL_DIR / "queries"
-    rows = _table(result)
+    rows, lw = _table(result), _listwise_table(result)
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lw_widths = [max(len(r[i]) for r in lw) for i in range(len(lw[0]))]
     return [
         "",
         f"act 1, synthetic market, held-out accuracy: {_curve(result.synthetic)}",
@@ -280,9 +322,13 @@ def summary(result: DemoResult, ui: str = "http://127.0.0.1:4200") -> list[str]:
         f"promotion gate: {result.gate}",
         result.meaning,
         "",
+        "the same checkpoint ranking baskets (listwise):",
+        *("  ".join(c.ljust(w) for c, w in zip(r, lw_widths)).rstrip() for r in lw),
+        "",
         "rows: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()),
         "",
         f"report:       {result.report}  (its first screen: both acts)",
+        f"listwise:     {result.listwise_report}",
         f"database:     {result.db}",
         f"replay:       {result.replay_root}",
         f"checkpoints:  {result.loop_dir}  (last: {result.checkpoint_id})",

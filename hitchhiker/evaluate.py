@@ -144,7 +144,8 @@ def greedy_decisions(policy, states: pd.DataFrame, batch_size: int = 64, max_new
                                         eos_token_id=policy.eos_token_ids, pad_token_id=pad)
         for row, seq in zip(chunk.itertuples(), gen[:, width:].tolist()):
             text = tok.decode(seq, skip_special_tokens=True)
-            parsed = contract.parse(text, row.mode, with_proportion=row.action_format == "proportion")
+            parsed = contract.parse(text, row.mode, with_proportion=row.action_format == "proportion",
+                                    list_size=len(row.tickers) if row.mode == contract.LISTWISE else None)
             out.append({"state_id": row.state_id, "completion": text, "action": parsed.action if parsed.valid else None,
                         "proportion": parsed.proportion, "position": parsed.position, "valid": parsed.valid,
                         "advisory_text": parsed.advisory_text})
@@ -164,6 +165,7 @@ def _policy_frame(name: str, states: pd.DataFrame, decided: pd.DataFrame) -> pd.
         "action": d["action"], "proportion": d["proportion"], "position": d["position"],
         "valid": d["valid"].fillna(False).astype(bool), "history_days": d["history_days"],
         "completion": d["completion"], "advisory_text": d["advisory_text"],
+        "tickers": [list(t) if m == contract.LISTWISE else None for t, m in zip(d["tickers"], d["mode"])],
     })
 
 
@@ -190,7 +192,14 @@ def _load_candidate(con, candidate: str, config: EvalConfig):
 # --- rewards ------------------------------------------------------------------------------------------------------
 
 def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=None) -> tuple[pd.Series, str]:
-    """reward_usd of each decision row (index-aligned; NaN where not matured) and the spec's versioned name.
+    """reward_usd of each decision row (index-aligned; NaN where not matured) and the spec's versioned name."""
+    priced, name = priced_for(con, decisions, spec)
+    return priced["reward_usd"], name
+
+
+def priced_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=None) -> tuple[pd.DataFrame, str]:
+    """(reward_usd and leg_returns of each decision row, index-aligned; NaN / None where not matured) and the spec's
+    versioned name. leg_returns: a listwise decision's legs' realized returns in prompt order (None otherwise).
 
     Runs the rewards stage's own sql/rewards.sql over the decisions (`rewards.flat_decisions`, with the variables
     its `set_spec_variables` sets), so a baseline is paid by exactly the formula that pays the policy, invalid
@@ -199,7 +208,7 @@ def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=No
     from hitchhiker import rewards
 
     spec = spec or rewards.RewardSpec()
-    rel = decisions[baselines.DECISION_COLUMNS].copy()
+    rel = decisions[baselines.DECISION_COLUMNS + (["tickers"] if "tickers" in decisions else [])].copy()
     rel["action"] = rel["action"].where(rel["valid"], None)
     for column in ("proportion", "position"):
         rel[column] = rel[column].astype("float64")
@@ -209,9 +218,12 @@ def rewards_for(con: duckdb.DuckDBPyConnection, decisions: pd.DataFrame, spec=No
         raise ValueError("decision ids must be unique within one pricing call")
     rewards.set_spec_variables(con, spec)
     with rewards.flat_decisions(con, rel):
-        priced = con.execute(f"SELECT decision_id, reward_usd FROM ({db.sql_text('rewards')})").df()
-    by_id = priced.set_index("decision_id")["reward_usd"]
-    return pd.Series(decisions["decision_id"].map(by_id).astype(float).to_numpy(), index=decisions.index), spec.reward_spec
+        priced = con.execute(f"SELECT decision_id, reward_usd, leg_returns FROM ({db.sql_text('rewards')})").df()
+    by_id = priced.set_index("decision_id")
+    return pd.DataFrame({
+        "reward_usd": decisions["decision_id"].map(by_id["reward_usd"]).astype(float).to_numpy(),
+        "leg_returns": decisions["decision_id"].map(by_id["leg_returns"]).to_numpy(),
+    }, index=decisions.index), spec.reward_spec
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -254,8 +266,7 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
         decided = policy(states) if callable(policy) else greedy_decisions(policy, states, config.batch_size, config.max_new_tokens)
         frames[name] = _policy_frame(name, states, decided)
     candidate_name = next(iter(frames))
-    names = config.baselines or (baselines.PAIRWISE_BASELINES if config.mode == contract.PAIRWISE
-                                 else baselines.ELEMENTWISE_BASELINES)
+    names = config.baselines or baselines.BASELINES[config.mode]
     for b in names:
         frames[f"baseline:{b}"] = baselines.decide(b, states, returns, seed=config.seed)
         kinds[f"baseline:{b}"] = "baseline"
@@ -266,12 +277,22 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
         both = pd.concat([baselines.fixed_decisions(states, f"cf{side}", [side] * len(states), p, np.nan).assign(subject=f"cf{side}")
                           for side, p in (("A", 1.0), ("B", 0.0))], ignore_index=True)
         everything = pd.concat([everything, both], ignore_index=True)
-    everything["reward_usd"], spec_name = rewards_for(con, everything, spec)
+    elif config.mode == contract.LISTWISE:  # the prompt-order ranking of every basket: its legs' realized returns
+        ident = [">".join(contract.LETTERS[:len(t)]) for t in states["tickers"]]
+        everything = pd.concat([everything, baselines.fixed_decisions(states, "cfL", ident, np.nan, np.nan).assign(subject="cfL")],
+                               ignore_index=True)
+    priced, spec_name = priced_for(con, everything, spec)
+    everything["reward_usd"] = priced["reward_usd"]
 
     cf = None
     if config.mode == contract.PAIRWISE:
         cf = everything[everything["subject"].isin(["cfA", "cfB"])].pivot(index="state_id", columns="subject", values="reward_usd")
         everything = everything[~everything["subject"].isin(["cfA", "cfB"])]
+    elif config.mode == contract.LISTWISE:
+        legs = everything["subject"] == "cfL"
+        cf = {s: [float(x) for x in r] for s, r in zip(everything.loc[legs, "state_id"], priced.loc[legs, "leg_returns"])
+              if isinstance(r, (list, np.ndarray))}
+        everything = everything[~legs]
     # Decisions whose reward has not matured (exit price not in the store yet) cannot be scored.
     unmatured = everything["reward_usd"].isna()
     if unmatured.all():
@@ -324,8 +345,18 @@ def a_is_first_of_pair(tickers) -> bool:
 def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, universe, is_model: bool):
     """(summary, grounding, daily frame, decisions to store) of one subject."""
     pairwise = config.mode == contract.PAIRWISE and f["state_id"].notna().all()
-    picked = exposure_a = None
-    if pairwise:
+    ranked = config.mode == contract.LISTWISE and f["state_id"].notna().all()  # not buy_and_hold's benchmark rows
+    picked = exposure_a = extra = None
+    if ranked:
+        actions = [a if v and isinstance(a, str) else None for a, v in zip(f["action"], f["valid"])]
+        realized = [cf[s] for s in f["state_id"]]  # every scored decision matured, so its basket's counterfactual did
+        picked = np.array([metrics.pair_ordering_accuracy(a, r) if a else 0.0 for a, r in zip(actions, realized)])
+        top1 = [metrics.top1_hit(a, r) if a else 0.0 for a, r in zip(actions, realized)]
+        rho = [metrics.spearman(a, r) if a else (0.0 if len(set(r)) > 1 else np.nan) for a, r in zip(actions, realized)]
+        extra = metrics.listwise_summary(f["decision_date"].to_numpy(), top1, rho, [a[0] if a else None for a in actions],
+                                         n_boot=config.n_boot, seed=config.seed)
+        exposure = None  # K legs a decision: no one exposure to turn over
+    elif pairwise:
         prop = f["proportion"].astype(float).where(f["valid"], 0.5).to_numpy()
         ra, rb = cf.loc[f["state_id"], "cfA"].to_numpy(), cf.loc[f["state_id"], "cfB"].to_numpy()
         better_a = np.sign(ra - rb)  # +1: A was the better stock; costs are the same for both answers
@@ -340,10 +371,12 @@ def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, univ
     summary = metrics.summarize(f["decision_date"].to_numpy(), f["reward_usd"].to_numpy(), f["valid"].to_numpy(),
                                 f["action"].where(f["valid"], None).tolist(), picked_better=picked,
                                 keys=f["pair"].to_numpy(), exposure=exposure, n_boot=config.n_boot, seed=config.seed)
+    if extra:
+        summary.update(extra, list_sizes=sorted({len(state_by_id.loc[s, "tickers"]) for s in f["state_id"]}))
     daily = pd.DataFrame({"date": f["decision_date"].to_numpy(), "reward": f["reward_usd"].to_numpy(),
                           "picked": picked if picked is not None else np.nan}).groupby("date").mean()
     g = {}
-    if f["state_id"].notna().all():
+    if f["state_id"].notna().all() and not ranked:
         r = ret_by_id.loc[f["state_id"]]
         last = (r["last_return_a"] - r["last_return_b"]) if pairwise else r["last_return_a"]
         g.update(extrapolation=grounding.extrapolation_bias(exposure_a if pairwise else exposure, last.to_numpy()))

@@ -91,6 +91,33 @@ def mean_spearman_per_date(decision_dates: Sequence, rankings: Sequence, realize
     return (float(np.mean(list(means.values()))) if means else float("nan")), means
 
 
+def listwise_summary(decision_dates: Sequence, top1: Sequence[float], rho: Sequence[float], first_letters: Sequence,
+                     n_boot: int = 2000, seed: int = 0, block_length: int | None = None) -> dict:
+    """The listwise metrics beside `summarize`'s (whose accuracy is the pair-ordering accuracy), with block-bootstrap
+    CIs over dates: top-1 hit rate (decisions pooled, like accuracy), the mean over dates of each date's mean
+    Spearman (a date whose baskets all have no realized order is left out), and the share of each first-ranked letter
+    (a policy that always puts A first shows it; the full rankings are too many to plot). top1/rho per decision, an
+    invalid answer scored 0 (no ranking is no skill; rho NaN: the basket's legs all returned the same)."""
+    dates = np.asarray(decision_dates)
+    t, r = np.asarray(top1, float), np.asarray(rho, float)
+    day, inverse = np.unique(dates, return_inverse=True)
+    n_day = np.bincount(inverse, minlength=len(day)).astype(float)
+    kw = dict(n_boot=n_boot, seed=seed, block_length=block_length)
+    ordered = np.isfinite(r)
+    rho_n = np.bincount(inverse[ordered], minlength=len(day)).astype(float)
+    rho_sum = np.bincount(inverse[ordered], weights=r[ordered], minlength=len(day))
+    rho_day = (rho_sum / np.where(rho_n > 0, rho_n, 1.0))[rho_n > 0]
+    letters = [x for x in first_letters if x]
+    fractions = {x: letters.count(x) / len(t) for x in sorted(set(letters))}
+    return {
+        "top1_hit": float(t.mean()) if t.size else float("nan"),
+        "top1_hit_ci": list(ratio_ci(np.bincount(inverse, weights=t, minlength=len(day)), n_day, **kw)),
+        "spearman": float(rho_day.mean()) if rho_day.size else float("nan"),
+        "spearman_ci": list(mean_ci(rho_day, **kw)) if rho_day.size else None,
+        "first_ranked_fractions": fractions,
+    }
+
+
 def mean_reward(reward_usd: Sequence[float]) -> float:
     """Mean reward_usd per decision (USD per $1)."""
     r = np.asarray(reward_usd, float)

@@ -81,20 +81,21 @@ def training_figure(training_rewards: list[tuple[int, float]], results: list[Sub
     return fig
 
 
-def actions_figure(results: list[SubjectResult]) -> Figure:
-    """Share of each action per subject (a collapsed policy shows one bar near 1)."""
-    actions = sorted({a for r in results for a in r.metrics.get("action_fractions", {})})
+def actions_figure(results: list[SubjectResult], key: str = "action_fractions") -> Figure:
+    """Share of each action per subject (a collapsed policy shows one bar near 1); listwise: of each first-ranked
+    letter (key 'first_ranked_fractions')."""
+    actions = sorted({a for r in results for a in r.metrics.get(key, {})})
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(results)), 4))
     x = np.arange(len(results))
     width = 0.8 / max(1, len(actions))
     for i, a in enumerate(actions):
-        ax.bar(x + i * width, [r.metrics.get("action_fractions", {}).get(a, 0.0) for r in results], width, label=a)
+        ax.bar(x + i * width, [r.metrics.get(key, {}).get(a, 0.0) for r in results], width, label=a)
     ax.set_xticks(x + 0.4 - width / 2, [r.subject for r in results], rotation=30, ha="right", fontsize="small")
     ax.set_xlabel("policy")
     ax.set_ylabel("fraction of decisions")
     ax.set_ylim(0, 1)
-    ax.set_title("Action distribution")
-    ax.legend(title="action", loc="best", fontsize="small")
+    ax.set_title("Action distribution" if key == "action_fractions" else "First-ranked letter")
+    ax.legend(title="action" if key == "action_fractions" else "ranked first", loc="best", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -140,13 +141,28 @@ def _with_ci(m: dict, key: str, digits: int = 4) -> str:
 
 TABLE_COLUMNS = ["policy", "accuracy [95% CI]", "mean reward_usd [95% CI]", "Sharpe [95% CI]", "max drawdown",
                  "hit rate", "turnover", "valid", "collapsed", "unsupported claims", "follows last return"]
+# listwise (issue 20): the ranking's metrics, and the long-short book built from it (its reward_usd a decision)
+LISTWISE_COLUMNS = ["policy", "pair-ordering accuracy [95% CI]", "top-1 hit [95% CI]", "Spearman [95% CI]",
+                    "long-short reward_usd [95% CI]", "Sharpe [95% CI]", "max drawdown", "valid", "collapsed",
+                    "unsupported claims"]
 
 
-def table_rows(results: list[SubjectResult]) -> list[list[str]]:
-    """One row of formatted metrics per subject (shared by the markdown report and the terminal table)."""
+def table_columns(mode: str = "pairwise") -> list[str]:
+    return LISTWISE_COLUMNS if mode == "listwise" else TABLE_COLUMNS
+
+
+def table_rows(results: list[SubjectResult], mode: str = "pairwise") -> list[list[str]]:
+    """One row of formatted metrics per subject (shared by the markdown report and the terminal table), in the
+    columns of `table_columns(mode)`."""
     rows = []
     for r in results:
         m, g = r.metrics, r.grounding
+        if mode == "listwise":
+            rows.append([r.subject, _with_ci(m, "accuracy", 3), _with_ci(m, "top1_hit", 3), _with_ci(m, "spearman", 3),
+                         _with_ci(m, "mean_reward_usd", 5), _with_ci(m, "sharpe", 2), _fmt(m.get("max_drawdown"), 3),
+                         _fmt(m.get("valid_rate"), 3), "yes" if m.get("collapsed") else "no",
+                         _fmt(g.get("unsupported_rate"), 3)])
+            continue
         rows.append([r.subject, _with_ci(m, "accuracy", 3), _with_ci(m, "mean_reward_usd", 5), _with_ci(m, "sharpe", 2),
                      _fmt(m.get("max_drawdown"), 3), _fmt(m.get("hit_rate"), 3), _fmt(m.get("turnover"), 3),
                      _fmt(m.get("valid_rate"), 3), "yes" if m.get("collapsed") else "no",
@@ -161,7 +177,7 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
     figures = {
         "equity.png": equity_figure(data.results),
         "training_reward.png": training_figure(data.training_rewards, data.results, data.candidate),
-        "actions.png": actions_figure(data.results),
+        "actions.png": actions_figure(data.results, "first_ranked_fractions" if data.mode == "listwise" else "action_fractions"),
     }
     for name, fig in figures.items():
         fig.savefig(run_dir / name, dpi=100)
@@ -180,10 +196,16 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
         lines.append(f"- contamination: {data.contamination_note}")
     if data.gate_note:
         lines.append(f"- promotion gate: {data.gate_note}")
-    lines += ["", "## Metrics", "", "Intervals: 95 % circular block bootstrap over decision dates. p-values: one-sided "
-              "t-test over decision dates (one value per date: the decisions of a date are one cluster).", "",
-              "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(data.results)]
+    about = ("Intervals: 95 % circular block bootstrap over decision dates. p-values: one-sided t-test over decision "
+             "dates (one value per date: the decisions of a date are one cluster).")
+    if data.mode == "listwise":
+        about += (" Listwise: accuracy is the share of a basket's pairs ordered like their realized returns (ties half; "
+                  "chance 0.5), top-1 hit the first-ranked stock being the best (chance 1/K), Spearman the mean over "
+                  "dates of each date's mean rank correlation (chance 0); reward_usd is what the dollar-neutral book "
+                  f"of the spec's listwise weighting earned (`{data.reward_spec}`). An invalid ranking scores 0 on each.")
+    columns = table_columns(data.mode)
+    lines += ["", "## Metrics", "", about, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(data.results, data.mode)]
     tested = [f"{r.subject} p = {r.metrics['accuracy_p_value_by_date']:.3g}" for r in data.results
               if r.metrics.get("accuracy_p_value_by_date") is not None and not r.subject.startswith("baseline:")]
     if tested:

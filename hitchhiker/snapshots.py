@@ -37,6 +37,7 @@ STATES_SCHEMA = pa.schema([
     ("pair", pa.string()),
     ("action_format", pa.string()),
     ("messages", pa.string()),  # the chat messages as JSON text, as the states table stores them
+    ("list_size", pa.int32()),  # listwise: the basket's size, which the parser needs (null for the other modes)
 ])
 
 
@@ -71,7 +72,9 @@ def write_snapshot(con, state_ids: list[str], snapshots_root: str, policy_versio
     if not states:
         raise ValueError("a snapshot needs at least one state")
     rows = [{"state_id": s.state_id, "decision_date": s.decision_date, "mode": s.mode, "pair": s.pair,
-             "action_format": s.action_format, "messages": json.dumps(s.messages, ensure_ascii=False)} for s in states]
+             "action_format": s.action_format, "messages": json.dumps(s.messages, ensure_ascii=False),
+             # only listwise rows carry it, so the content hash (the id) of other snapshots is what it always was
+             **({"list_size": s.list_size} if s.list_size is not None else {})} for s in states]
     meta = {"kind": KIND, "policy_version": policy_version, "model": model, "checkpoint": checkpoint,
             "states": len(rows), "first_date": states[0].decision_date.isoformat(),
             "last_date": states[-1].decision_date.isoformat()}
@@ -108,9 +111,12 @@ def read_snapshot(snapshot_url: str) -> tuple[dict, list[State]]:
     meta = json.loads((folder / storage.MANIFEST).read_text())["meta"]
     if meta.get("kind") != KIND:
         raise ValueError(f"{snapshot_url} is not a state snapshot (manifest kind {meta.get('kind')!r})")
-    rows = pq.read_table(folder / STATES_FILE, schema=STATES_SCHEMA).to_pylist()
+    table = pq.read_table(folder / STATES_FILE)
+    if "list_size" not in table.column_names:  # written before listwise snapshots existed
+        table = table.append_column("list_size", pa.nulls(len(table), pa.int32()))
+    rows = table.select(STATES_SCHEMA.names).cast(STATES_SCHEMA).to_pylist()
     states = [State(r["state_id"], r["decision_date"], r["mode"], r["pair"], r["action_format"],
-                    json.loads(r["messages"])) for r in rows]
+                    json.loads(r["messages"]), r["list_size"]) for r in rows]
     return meta, states
 
 

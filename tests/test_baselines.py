@@ -39,7 +39,12 @@ def test_past_returns_are_point_in_time(con):
     # on Jan 6 there are not 3 earlier trading days: no past return (a tie for the rules), last return exists
     assert pd.isna(r.loc["s1", "past_return_a"]) and r.loc["s1", "last_return_a"] == pytest.approx(19 / 20 - 1)
     con.execute("UPDATE prices SET close = 5000 WHERE date = ?", [DAYS[4]])
-    assert baselines.past_returns(con, st).set_index("state_id").equals(r)
+    got = baselines.past_returns(con, st).set_index("state_id")
+    assert got.drop(columns="past_returns").equals(r.drop(columns="past_returns"))
+    # every leg's past return in prompt order (what the listwise rules sort): the same numbers as a/b
+    for state_id, legs in got["past_returns"].items():
+        expected = [r.loc[state_id, "past_return_a"], r.loc[state_id, "past_return_b"]]
+        pd.testing.assert_series_equal(pd.Series(legs), pd.Series(expected))
 
 
 def test_pairwise_rules(con):
@@ -86,3 +91,28 @@ def test_elementwise_rules(con):
     assert set(baselines.decide("random", st)["action"]) <= {"buy", "hold", "sell"}
     with pytest.raises(ValueError, match="no states"):
         baselines.decide("random", st.iloc[:0])
+
+
+def test_listwise_rules(con):
+    for d, px in zip(DAYS, [30.0, 30.0, 30.0, 31.5, 30.0]):  # a third stock: +5 % over 2 days to Jan 10
+        con.execute("INSERT INTO prices VALUES ('MID', ?, NULL, NULL, NULL, ?, NULL, 1000, NULL, 'test', now())", [d, px])
+    # Jan 10 over 2 days: UPP 12.5/11 - 1 = +13.6 %, MID +5 %, DWN 18.9/19 - 1 = -0.5 %; Jan 6 has no 3-day history
+    st = _states([(DAYS[3], ("DWN", "UPP", "MID"), 2), (DAYS[3], ("MID", "DWN", "UPP"), 2),
+                  (DAYS[1], ("DWN", "MID", "UPP"), 3)], mode="listwise")
+    ret = baselines.past_returns(con, st)
+    m = baselines.decide("momentum", st, ret)
+    assert list(m["action"]) == ["B>C>A", "C>A>B", "A>B>C"]  # no history: every return 0, ties keep the prompt order
+    assert list(baselines.decide("mean_reversion", st, ret)["action"]) == ["A>C>B", "B>A>C", "A>B>C"]
+    assert [list(t) for t in m["tickers"]] == [list(t) for t in st["tickers"]]  # the basket the rewards SQL prices
+    assert list(m["ticker_a"]) == ["DWN", "MID", "DWN"] and m["valid"].all()
+    with pytest.raises(ValueError, match="not one of"):
+        baselines.decide("always_a", st)
+
+    many = _states([(DAYS[3], ("DWN", "UPP", "MID"), 2)] * 3000, mode="listwise").assign(
+        state_id=[f"s{i}" for i in range(3000)])
+    rand = baselines.decide("random", many, seed=1)
+    assert all(sorted(a.split(">")) == ["A", "B", "C"] for a in rand["action"])
+    shares = rand["action"].value_counts(normalize=True)
+    assert len(shares) == 6 and shares.between(0.14, 0.19).all()  # each of the 3! orders about 1/6
+    again = baselines.decide("random", many.iloc[::-1], seed=1).set_index("state_id")["action"]
+    assert rand.set_index("state_id")["action"].equals(again.loc[rand["state_id"]])  # per state, not per row

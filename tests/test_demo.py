@@ -24,7 +24,7 @@ from hitchhiker.default_model import BUILDER_VERSION
 HITCHHIKER = str(Path(sys.executable).parent / "hitchhiker")
 TIMEOUT_S = 600  # a hung demo fails here; how fast it must be is bench/demo.py's
 QUERIES = sorted((db.SQL_DIR / "queries").glob("*.sql"))
-PRINTED = re.compile(r"^(report|database|replay|checkpoints|TensorBoard):\s+(\S+)", re.M)
+PRINTED = re.compile(r"^(report|listwise|database|replay|checkpoints|TensorBoard):\s+(\S+)", re.M)
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +80,23 @@ def test_demo_tells_the_story_synthetic_learning_then_the_real_table(demo):
     assert "synthetic" in text and f"-> {curve[-1][1]:.2f} (iteration" in text
     assert "| baseline:random |" in text and "In plain words" in text
     assert (Path(demo["printed"]["report"]).parent / "synthetic_accuracy.png").stat().st_size > 1000
+    # and the same checkpoint ranking baskets: the listwise table with intervals, printed and on the first screen
+    ranked = real[real.index("the same checkpoint ranking baskets (listwise):"):]
+    header, *rows = ranked.split("\n\n")[0].splitlines()[1:]
+    assert re.split(r"\s{2,}", header)[:4] == ["policy", "pair-ordering accuracy [95% CI]", "top-1 hit [95% CI]",
+                                              "Spearman [95% CI]"]
+    subjects = {r.split()[0] for r in rows}
+    assert {"baseline:random", "baseline:momentum", "baseline:mean_reversion"} <= subjects
+    assert all(re.search(r"\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]", r) for r in rows if "buy_and_hold" not in r)
+    page = Path(demo["printed"]["report"]).read_text().split("\n---\n")[0]
+    assert "| policy | pair-ordering accuracy [95% CI] | top-1 hit [95% CI] | Spearman [95% CI] |" in page
+    assert "| baseline:momentum |" in page.split("listwise")[-1]
 
 
 @pytest.mark.slow
 def test_demo_prints_where_everything_is(demo):
     printed = demo["printed"]
-    assert set(printed) == {"report", "database", "replay", "checkpoints", "TensorBoard"}, demo["p"].stdout[-2000:]
+    assert set(printed) == {"report", "listwise", "database", "replay", "checkpoints", "TensorBoard"}, demo["p"].stdout[-2000:]
     for name, path in printed.items():
         assert Path(path).exists(), f"{name}: {path}"
     out = demo["cwd"] / "hitchhiker-demo"
@@ -126,7 +137,10 @@ def test_demo_store_holds_every_stage_once(demo):
     chain = q("SELECT checkpoint_id, parent_id FROM checkpoints ORDER BY created_at")
     assert len(chain) == d.iterations and [c[1] for c in chain[1:]] == [c[0] for c in chain[:-1]]
     kinds = q("SELECT subject_kind, count(*) FROM evaluations GROUP BY ALL ORDER BY 1")
-    assert kinds == [("base", 1), ("baseline", 5), ("checkpoint", 1)]
+    assert kinds == [("base", 2), ("baseline", 9), ("checkpoint", 2)]  # pairwise (5 baselines), listwise (4)
+    assert q("SELECT mode, count(*) FROM evaluations GROUP BY ALL ORDER BY 1") == [("listwise", 6), ("pairwise", 7)]
+    assert q("SELECT count(*) FROM states WHERE mode = 'listwise'")[0][0] == d.lists_per_date * len(q(
+        f"SELECT DISTINCT date FROM prices WHERE date BETWEEN '{d.eval_start}' AND '{d.eval_end}'"))
     assert q("SELECT count(*) FROM promotions") == [(1,)]
     con.close()
     owned = (demo["cwd"] / "hitchhiker-demo" / MANIFEST).read_text()

@@ -440,3 +440,105 @@ def test_the_orientation_of_a_pair_comes_from_its_tickers_not_from_splitting_its
     for a, b in [("BRK-B", "XOM"), ("XOM", "BRK-B"), ("BRK-B", "BRK"), ("EURUSD=X", "^GSPC"), ("AAP", "A")]:
         ((first,),) = con.execute("SELECT IF(?::VARCHAR < ?::VARCHAR, ?, ?)", [a, b, a, b]).fetchall()  # states' order
         assert evaluate.a_is_first_of_pair([a, b]) == (first == a), (a, b)
+
+
+BASKETS = (("AAP", "ABBV", "ABC", "XOM"), ("MSFT", "AAPL", "XOM", "ABC"))
+
+
+def _insert_baskets(con, start, end, history_days=5):
+    """Listwise states of two K=4 baskets a day, their prompt order rotated each day."""
+    for i, day in enumerate(_trading_days(con, start, end)):
+        for basket in BASKETS:
+            tickers = list(basket[i % 4:] + basket[:i % 4])
+            messages = [{"role": "user", "content": "Stock A trend: UP.\nRank the stocks, best first."}]
+            con.execute("INSERT INTO states VALUES (?, ?, now(), 'listwise', 'trend', ?, ?, 'ranking', 1, ?, ?, ?, "
+                        "true, NULL, 12, 'test', now(), [true, true, true, true])",
+                        [f"l-{day}-{'-'.join(sorted(tickers))}", day, tickers, "-".join(sorted(tickers)), history_days,
+                         json.dumps(messages), json.dumps({"A": {"trend": "UP"}})])
+
+
+def _ranker(future, reverse=False, invalid_every=0):
+    """Ranks each basket by its realized next-day returns (an oracle; reversed: the worst first)."""
+    def decide(states):
+        out = []
+        for i, s in enumerate(states.itertuples()):
+            r = [future[(t, s.decision_date)] for t in s.tickers]
+            order = sorted(range(len(r)), key=lambda j: r[j], reverse=not reverse)
+            bad = invalid_every and i % invalid_every == 0
+            out.append({"state_id": s.state_id, "action": None if bad else ">".join("ABCD"[j] for j in order),
+                        "valid": not bad, "advisory_text": "Stock A trend is UP."})
+        return pd.DataFrame(out)
+    return decide
+
+
+def test_listwise_evaluation_ranking_metrics_baselines_and_report(store, db_file, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _insert_baskets(store, date(2016, 8, 1), date(2016, 9, 30))
+    future = _future_returns(store)
+    days = _trading_days(store, date(2016, 8, 1), date(2016, 9, 30))
+    config = EvalConfig(mode="listwise", n_boot=200, reports_dir=str(tmp_path / "reports"))
+    run = evaluate.evaluate(store, "base:oracle", "2016-08-01", "2016-09-30", config, compare_with=("base:worst",),
+                            policies={"base:oracle": _ranker(future), "base:worst": _ranker(future, reverse=True)})
+    assert set(run.summaries) == {"base:oracle", "base:worst", "baseline:random", "baseline:momentum",
+                                  "baseline:mean_reversion", "baseline:buy_and_hold"}
+    best, worst = run.summaries["base:oracle"], run.summaries["base:worst"]
+    assert best["n_decisions"] == 2 * len(days) and best["list_sizes"] == [4]
+    # a tie in realized returns (two legs that both returned exactly 0) is half right, whichever way it is ranked
+    ties = sum(future[(a, d)] == future[(b, d)] for d in days for basket in BASKETS
+               for i, a in enumerate(basket) for b in basket[i + 1:])
+    assert ties >= 1
+    n_pairs = 6 * best["n_decisions"]
+    assert best["accuracy"] == pytest.approx(1 - 0.5 * ties / n_pairs, abs=1e-12)
+    assert worst["accuracy"] == pytest.approx(0.5 * ties / n_pairs, abs=1e-12)
+    assert best["spearman"] > 0.99 and worst["spearman"] < -0.99
+    lo, hi = best["mean_reward_usd_ci"]
+    assert 0 < lo <= best["mean_reward_usd"] <= hi
+    assert run.summaries["baseline:buy_and_hold"]["accuracy"] is None  # a benchmark book, not a ranking
+
+    # top_bottom: $1 long the first-ranked, $1 short the last, recomputed from raw prices
+    decided = store.execute("SELECT d.action, d.reward_usd, d.picked_better, s.tickers, s.decision_date "
+                            "FROM evaluation_decisions d JOIN evaluations e USING (evaluation_id) "
+                            "JOIN states s USING (state_id) WHERE e.subject = 'base:worst'").fetchall()
+    assert len(decided) == 2 * len(days)
+    for action, reward, accuracy, tickers, day in decided:
+        legs = dict(zip("ABCD", tickers))
+        first, last = legs[action[0]], legs[action[-1]]
+        assert reward == pytest.approx(future[(first, day)] - future[(last, day)] - 2 * COST_USD, abs=1e-12)
+        assert accuracy <= 0.5 / 6  # none ordered right; a tie at most
+
+    # momentum: the basket by its past 5-day return, highest first, recomputed from raw closes
+    close = {(t, d): c for t, d, c in store.execute("SELECT ticker, date, close FROM prices").fetchall()}
+    trading = _trading_days(store, date(2016, 5, 1), date(2016, 12, 31))
+    momentum = store.execute("SELECT d.action, s.tickers, s.decision_date FROM evaluation_decisions d JOIN evaluations e "
+                             "USING (evaluation_id) JOIN states s USING (state_id) "
+                             "WHERE e.subject = 'baseline:momentum'").fetchall()
+    for action, tickers, day in momentum:
+        back = trading[trading.index(day) - 5]
+        past = [close[(t, day)] / close[(t, back)] - 1 for t in tickers]
+        assert action == ">".join("ABCD"[j] for j in sorted(range(4), key=lambda j: -past[j]))
+    mean_reversion = run.summaries["baseline:mean_reversion"]
+    assert mean_reversion["accuracy"] == pytest.approx(1 - run.summaries["baseline:momentum"]["accuracy"])
+
+    # an invalid ranking scores 0 on every ranking metric
+    half = evaluate.evaluate(store, "base:sloppy", "2016-08-01", "2016-09-30", config,
+                             policies={"base:sloppy": _ranker(future, invalid_every=2)}).summaries["base:sloppy"]
+    assert half["valid_rate"] == pytest.approx(0.5, abs=0.02)
+    assert half["accuracy"] == pytest.approx(half["valid_rate"], abs=0.5 * ties / n_pairs + 1e-12)  # the tie, if valid
+    assert half["top1_hit"] == pytest.approx(half["valid_rate"], abs=1e-12)
+
+    text = run.report_path.read_text()
+    assert "| policy | pair-ordering accuracy [95% CI] | top-1 hit [95% CI] | Spearman [95% CI] |" in text
+    assert f"| base:oracle | {best['accuracy']:.3f} [" in text and f"| base:worst | {worst['accuracy']:.3f} [" in text
+
+    # the command line: `hitchhiker eval --mode listwise` prints the same table for the untrained default model
+    store.close()
+    cli = [str(Path(sys.executable).parent / "hitchhiker"), "eval", "--db", str(db_file), "--checkpoint", "base",
+           "--mode", "listwise", "--start", "2016-08-01", "--end", "2016-08-31", "--n-boot", "100"]
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    header = next(line for line in p.stdout.splitlines() if line.startswith("policy "))
+    assert "pair-ordering accuracy [95% CI]" in header and "Spearman [95% CI]" in header
+    assert "baseline:momentum" in p.stdout and " listwise states" in p.stdout

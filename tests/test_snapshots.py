@@ -196,3 +196,31 @@ def test_a_snapshot_on_s3_is_sampled_into_a_replay_on_s3_and_a_changed_one_is_re
 
 def _table(data) -> list[dict]:
     return json.loads(data) if isinstance(data, str) else data
+
+
+def test_a_listwise_snapshot_carries_the_basket_size_the_parser_needs(shared_data, tmp_path):
+    from hitchhiker import prices, states
+    from hitchhiker.policy import load_tokenizer
+
+    with db.connect(tmp_path / "list.duckdb") as con:
+        prices.ingest_csv(con, [shared_data / "prices" / "sp500_5yr" / f"{t}_data.csv" for t in TICKERS])
+        ids = states.build_states(con, states.StatesConfig(mode="listwise", style="trend", list_size=3,
+                                                           max_lists_per_date=2), [DAY], TICKERS, tokenizer=load_tokenizer())
+        stored = rollouts.load_states(con, ids)
+        url = snapshots.write_snapshot(con, ids, str(tmp_path / "snapshots"), BASE)
+    assert len(ids) == 2 and {s.list_size for s in stored} == {3}
+    _, read = snapshots.read_snapshot(url)
+    assert {s.state_id: s for s in read} == {s.state_id: s for s in stored}
+    summary = snapshots.sample_snapshot(url, str(tmp_path / "replay"), SamplingConfig(group_size=2, max_new_tokens=8, seed=7))
+    assert summary["groups_written"] == 2 and summary["rollouts"] == 4  # each completion parsed against 3 letters
+
+
+def test_a_snapshot_written_before_listwise_existed_is_still_read(store, tmp_path):
+    with db.connect(store, read_only=True) as con:
+        url = snapshots.write_snapshot(con, _state_ids(store), str(tmp_path / "snapshots"), BASE)
+    path = Path(url) / snapshots.STATES_FILE
+    old = pq.read_table(path).drop_columns(["list_size"])  # the schema before the column
+    os.chmod(path, 0o644)
+    pq.write_table(old, path)
+    _, states = snapshots.read_snapshot(url)  # a local snapshot is not re-checked against its manifest's sizes
+    assert len(states) == 6 and {s.list_size for s in states} == {None}
