@@ -8,6 +8,11 @@ next session's open-to-close return is +drift for the stock whose trend is up an
 The trend is a legitimate point-in-time signal (the last trend_days closes, all known at decision time); the
 overnight gaps carry the randomness that makes the next trend word unpredictable from earlier ones.
 Pairs across couples are not decidable from trend words alone, so states are built per couple (`couples`).
+
+Listwise variant (issue 20, `basket_size=3`): triples SYN00A/SYN00B/SYN00C; every day one stock of a triple shows an
+UP trend, one FLAT (a trend_days return of exactly 0) and one DOWN (a seeded permutation), and the next session
+pays +drift, 0 and -drift (plus the small noise): a listwise 'trend' state of a triple (K = 3) is fully ranked by
+its trend words, UP > FLAT > DOWN. The pairwise market (`basket_size=2`) draws exactly what it always drew.
 """
 from __future__ import annotations
 
@@ -32,13 +37,15 @@ class SyntheticMarket:
     trend_min: float = 0.01  # |trend_days log-return| drawn in [trend_min, trend_max]: never rounds to FLAT
     trend_max: float = 0.05
     seed: int = 0
+    basket_size: int = 2  # 2: couples (pairwise); 3: triples ranked UP > FLAT > DOWN (listwise)
 
     def tickers(self) -> list[str]:
         return [t for c in couples(self) for t in c]
 
 
 def couples(market: SyntheticMarket) -> list[list[str]]:
-    return [[f"SYN{i:02d}A", f"SYN{i:02d}B"] for i in range(market.n_couples)]
+    """The market's groups of basket_size tickers (couples, or triples for the listwise variant)."""
+    return [[f"SYN{i:02d}{x}" for x in "ABC"[:market.basket_size]] for i in range(market.n_couples)]
 
 
 def trading_days(market: SyntheticMarket) -> list[date]:
@@ -54,6 +61,10 @@ def bars(market: SyntheticMarket) -> list[dict]:
     """Daily OHLCV rows (long format, adj_close = close) for every ticker of the market."""
     if market.noise * 4 >= market.drift:
         raise ValueError(f"noise {market.noise} must be well below drift {market.drift} for the trend to decide the sign")
+    if market.basket_size not in (2, 3):
+        raise ValueError(f"basket_size must be 2 (couples) or 3 (triples: UP, FLAT, DOWN), got {market.basket_size!r}")
+    if market.basket_size == 3:
+        return _triple_bars(market)
     rng = random.Random(market.seed)
     days = trading_days(market)
     rows = []
@@ -80,6 +91,41 @@ def bars(market: SyntheticMarket) -> list[dict]:
                 opens[t].append(math.exp(o))
                 c.append(o + intraday)
         for t in couple:
+            for i, d in enumerate(days):
+                o, c = opens[t][i], math.exp(logc[t][i])
+                rows.append({"ticker": t, "date": d, "open": o, "high": max(o, c), "low": min(o, c), "close": c,
+                             "adj_close": c, "volume": 1_000_000.0})
+    return rows
+
+
+def _triple_bars(market: SyntheticMarket) -> list[dict]:
+    """The listwise variant's bars: per triple and day a seeded permutation of the trend targets (+x, 0, -x)."""
+    rng = random.Random(market.seed)
+    days = trading_days(market)
+    rows = []
+    for triple in couples(market):
+        logc = {t: [math.log(50 + 50 * rng.random())] for t in triple}
+        opens = {t: [math.exp(logc[t][0])] for t in triple}
+        for _ in range(1, market.trend_days + 1):
+            for t in triple:
+                o = logc[t][-1] + rng.gauss(0, 0.01)
+                opens[t].append(math.exp(o))
+                logc[t].append(o + rng.gauss(0, 0.01))
+        # the sign (+1, 0, -1) of each stock's current trend: it decides the next session's drift
+        word = {t: (1 if logc[t][-1] > logc[t][0] else -1) for t in triple}
+        for _ in range(market.trend_days + 1, len(days)):
+            signs = [1, 0, -1]
+            rng.shuffle(signs)  # which stock will show UP, FLAT and DOWN after today's close
+            for t, sign in zip(triple, signs):
+                c = logc[t]
+                intraday = word[t] * market.drift + rng.gauss(0, market.noise)
+                target = sign * rng.uniform(market.trend_min, market.trend_max)  # 0 for FLAT: an exact 0.00 %
+                gap = target - (c[-1] - c[-market.trend_days]) - intraday
+                o = c[-1] + gap
+                opens[t].append(math.exp(o))
+                c.append(o + intraday)
+                word[t] = sign
+        for t in triple:
             for i, d in enumerate(days):
                 o, c = opens[t][i], math.exp(logc[t][i])
                 rows.append({"ticker": t, "date": d, "open": o, "high": max(o, c), "low": min(o, c), "close": c,
