@@ -63,34 +63,20 @@ def bars(market: SyntheticMarket) -> list[dict]:
         raise ValueError(f"noise {market.noise} must be well below drift {market.drift} for the trend to decide the sign")
     if market.basket_size not in (2, 3):
         raise ValueError(f"basket_size must be 2 (couples) or 3 (triples: UP, FLAT, DOWN), got {market.basket_size!r}")
-    if market.basket_size == 3:
-        return _triple_bars(market)
     rng = random.Random(market.seed)
     days = trading_days(market)
     rows = []
-    for couple in couples(market):
+    for group in couples(market):
         # log closes per ticker; the first trend_days + 1 days are a quiet random warm-up history
-        logc = {t: [math.log(50 + 50 * rng.random())] for t in couple}
-        opens = {t: [math.exp(logc[t][0])] for t in couple}
+        logc = {t: [math.log(50 + 50 * rng.random())] for t in group}
+        opens = {t: [math.exp(logc[t][0])] for t in group}
         for _ in range(1, market.trend_days + 1):
-            for t in couple:
+            for t in group:
                 o = logc[t][-1] + rng.gauss(0, 0.01)
                 opens[t].append(math.exp(o))
                 logc[t].append(o + rng.gauss(0, 0.01))
-        for i in range(market.trend_days + 1, len(days)):
-            up_today = rng.random() < 0.5  # which stock of the couple will show an UP trend after today's close
-            for k, t in enumerate(couple):
-                c = logc[t]
-                prev_trend = c[-1] - c[-1 - market.trend_days]
-                intraday = math.copysign(market.drift, prev_trend) + rng.gauss(0, market.noise)
-                sign = 1.0 if (k == 0) == up_today else -1.0
-                target = sign * rng.uniform(market.trend_min, market.trend_max)
-                # choose the overnight gap so that the trend over the last trend_days closes hits the target
-                gap = target - (c[-1] - c[-market.trend_days]) - intraday
-                o = c[-1] + gap
-                opens[t].append(math.exp(o))
-                c.append(o + intraday)
-        for t in couple:
+        (_couple_days if market.basket_size == 2 else _triple_days)(market, rng, group, logc, opens, len(days))
+        for t in group:
             for i, d in enumerate(days):
                 o, c = opens[t][i], math.exp(logc[t][i])
                 rows.append({"ticker": t, "date": d, "open": o, "high": max(o, c), "low": min(o, c), "close": c,
@@ -98,39 +84,37 @@ def bars(market: SyntheticMarket) -> list[dict]:
     return rows
 
 
-def _triple_bars(market: SyntheticMarket) -> list[dict]:
-    """The listwise variant's bars: per triple and day a seeded permutation of the trend targets (+x, 0, -x)."""
-    rng = random.Random(market.seed)
-    days = trading_days(market)
-    rows = []
-    for triple in couples(market):
-        logc = {t: [math.log(50 + 50 * rng.random())] for t in triple}
-        opens = {t: [math.exp(logc[t][0])] for t in triple}
-        for _ in range(1, market.trend_days + 1):
-            for t in triple:
-                o = logc[t][-1] + rng.gauss(0, 0.01)
-                opens[t].append(math.exp(o))
-                logc[t].append(o + rng.gauss(0, 0.01))
-        # the sign (+1, 0, -1) of each stock's current trend: it decides the next session's drift
-        word = {t: (1 if logc[t][-1] > logc[t][0] else -1) for t in triple}
-        for _ in range(market.trend_days + 1, len(days)):
-            signs = [1, 0, -1]
-            rng.shuffle(signs)  # which stock will show UP, FLAT and DOWN after today's close
-            for t, sign in zip(triple, signs):
-                c = logc[t]
-                intraday = word[t] * market.drift + rng.gauss(0, market.noise)
-                target = sign * rng.uniform(market.trend_min, market.trend_max)  # 0 for FLAT: an exact 0.00 %
-                gap = target - (c[-1] - c[-market.trend_days]) - intraday
-                o = c[-1] + gap
-                opens[t].append(math.exp(o))
-                c.append(o + intraday)
-                word[t] = sign
-        for t in triple:
-            for i, d in enumerate(days):
-                o, c = opens[t][i], math.exp(logc[t][i])
-                rows.append({"ticker": t, "date": d, "open": o, "high": max(o, c), "low": min(o, c), "close": c,
-                             "adj_close": c, "volume": 1_000_000.0})
-    return rows
+def _session(market: SyntheticMarket, c: list[float], opens: list[float], intraday: float, target: float) -> None:
+    """Append a day whose overnight gap makes the trend over the last trend_days closes hit `target`."""
+    gap = target - (c[-1] - c[-market.trend_days]) - intraday
+    o = c[-1] + gap
+    opens.append(math.exp(o))
+    c.append(o + intraday)
+
+
+def _couple_days(market: SyntheticMarket, rng: random.Random, couple, logc, opens, n_days: int) -> None:
+    for _ in range(market.trend_days + 1, n_days):
+        up_today = rng.random() < 0.5  # which stock of the couple will show an UP trend after today's close
+        for k, t in enumerate(couple):
+            c = logc[t]
+            prev_trend = c[-1] - c[-1 - market.trend_days]
+            intraday = math.copysign(market.drift, prev_trend) + rng.gauss(0, market.noise)
+            sign = 1.0 if (k == 0) == up_today else -1.0
+            _session(market, c, opens[t], intraday, sign * rng.uniform(market.trend_min, market.trend_max))
+
+
+def _triple_days(market: SyntheticMarket, rng: random.Random, triple, logc, opens, n_days: int) -> None:
+    """The listwise variant: per day a seeded permutation of the trend targets (+x, 0, -x) over the triple."""
+    # the sign (+1, 0, -1) of each stock's current trend: it decides the next session's drift
+    word = {t: (1 if logc[t][-1] > logc[t][0] else -1) for t in triple}
+    for _ in range(market.trend_days + 1, n_days):
+        signs = [1, 0, -1]
+        rng.shuffle(signs)  # which stock will show UP, FLAT and DOWN after today's close
+        for t, sign in zip(triple, signs):
+            intraday = word[t] * market.drift + rng.gauss(0, market.noise)
+            # 0 for FLAT: an exact 0.00 % trend
+            _session(market, logc[t], opens[t], intraday, sign * rng.uniform(market.trend_min, market.trend_max))
+            word[t] = sign
 
 
 def write_market(con, market: SyntheticMarket = SyntheticMarket()) -> IngestReport:
