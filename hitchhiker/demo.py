@@ -202,12 +202,11 @@ def _run(config: DemoConfig, p: dict[str, Path], log: Callable[[str], None]) -> 
 def _listwise_evaluation(con, config: DemoConfig, cfg, checkpoint_id: str, p: dict[str, Path], log):
     """Listwise states of the held-out dates, and the checkpoint's rankings evaluated on them (`evaluate.evaluate`)."""
     from hitchhiker import evaluate, states
+    from hitchhiker.loop import _tokenizer  # the loop's cached tokenizer: loaded once per process
 
     listwise = states.StatesConfig(mode="listwise", style=cfg.states.style, list_size=config.list_size,
                                    max_lists_per_date=config.lists_per_date, seed=config.seed)
     dates = states.trading_days(con, config.eval_start, config.eval_end)
-    from hitchhiker.loop import _tokenizer
-
     ids = states.build_states(con, listwise, dates, tokenizer=_tokenizer(cfg.states.tokenizer or cfg.model))
     log(f"listwise: {len(ids)} baskets of {config.list_size} stocks on the held-out dates; {checkpoint_id} ranks them "
         "(evaluated against the base model and the listwise baselines) ...")

@@ -80,15 +80,20 @@ def spearman(ranking, realized: Sequence[float]) -> float:
     return float(np.corrcoef(predicted, actual)[0, 1])
 
 
-def mean_spearman_per_date(decision_dates: Sequence, rankings: Sequence, realized: Sequence[Sequence[float]]) -> tuple[float, dict]:
-    """(mean over dates of each date's mean Spearman, {date: that date's mean}); baskets with no order are skipped."""
+def per_date_mean(decision_dates: Sequence, values: Sequence[float]) -> tuple[float, dict]:
+    """(mean over dates of each date's mean value, {date: that date's mean}); NaN values are skipped, and so is a
+    date that has none left."""
     by_date: dict = {}
-    for d, rk, r in zip(decision_dates, rankings, realized):
-        rho = spearman(rk, r)
-        if not math.isnan(rho):
-            by_date.setdefault(d, []).append(rho)
+    for d, v in zip(decision_dates, values):
+        if not math.isnan(v):
+            by_date.setdefault(d, []).append(v)
     means = {d: float(np.mean(v)) for d, v in sorted(by_date.items())}
     return (float(np.mean(list(means.values()))) if means else float("nan")), means
+
+
+def mean_spearman_per_date(decision_dates: Sequence, rankings: Sequence, realized: Sequence[Sequence[float]]) -> tuple[float, dict]:
+    """(mean over dates of each date's mean Spearman, {date: that date's mean}); baskets with no order are skipped."""
+    return per_date_mean(decision_dates, [spearman(rk, r) for rk, r in zip(rankings, realized)])
 
 
 def listwise_summary(decision_dates: Sequence, top1: Sequence[float], rho: Sequence[float], first_letters: Sequence,
@@ -103,16 +108,14 @@ def listwise_summary(decision_dates: Sequence, top1: Sequence[float], rho: Seque
     day, inverse = np.unique(dates, return_inverse=True)
     n_day = np.bincount(inverse, minlength=len(day)).astype(float)
     kw = dict(n_boot=n_boot, seed=seed, block_length=block_length)
-    ordered = np.isfinite(r)
-    rho_n = np.bincount(inverse[ordered], minlength=len(day)).astype(float)
-    rho_sum = np.bincount(inverse[ordered], weights=r[ordered], minlength=len(day))
-    rho_day = (rho_sum / np.where(rho_n > 0, rho_n, 1.0))[rho_n > 0]
+    mean_rho, by_date = per_date_mean(dates, r)
+    rho_day = np.array(list(by_date.values()))
     letters = [x for x in first_letters if x]
     fractions = {x: letters.count(x) / len(t) for x in sorted(set(letters))}
     return {
         "top1_hit": float(t.mean()) if t.size else float("nan"),
         "top1_hit_ci": list(ratio_ci(np.bincount(inverse, weights=t, minlength=len(day)), n_day, **kw)),
-        "spearman": float(rho_day.mean()) if rho_day.size else float("nan"),
+        "spearman": mean_rho,
         "spearman_ci": list(mean_ci(rho_day, **kw)) if rho_day.size else None,
         "first_ranked_fractions": fractions,
     }
