@@ -15,15 +15,14 @@ from flows.slots import store_slot
 @task
 def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: int, train_start: str | None,
                    train_end: str | None, eval_start: str | None, eval_end: str | None, model: str | None,
-                   eval_every: int, out_dir: str | None, policy: str = "llm") -> dict:
+                   eval_every: int, out_dir: str | None, policy: str = "llm", mode: str = "pairwise",
+                   list_size: int = 4) -> dict:
     """Run the loop; returns the last checkpoint id and the evaluation rows (small numbers)."""
     from pathlib import Path
 
     from hitchhiker import db
-    from hitchhiker.loop import LoopConfig, run_loop, synthetic_setup
+    from hitchhiker.loop import loop_config, run_loop
     from hitchhiker.replay import default_root
-    from hitchhiker.states import trading_days
-    from hitchhiker.synthetic import SyntheticMarket
 
     progress = create_progress_artifact(progress=0.0, description="loop iterations")
     with store_slot():
@@ -32,13 +31,9 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
             if policy == "beta-head":
                 return _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end,
                                  out_dir, progress)
-            if synthetic:
-                cfg = synthetic_setup(con, SyntheticMarket(seed=seed), iterations=iterations, model=model,
-                                      eval_every=eval_every, seed=seed)
-            else:
-                cfg = LoopConfig(train_dates=trading_days(con, train_start, train_end),
-                                 eval_dates=trading_days(con, eval_start, eval_end), iterations=iterations,
-                                 model=model, eval_every=eval_every, seed=seed)
+            cfg = loop_config(con, synthetic=synthetic, mode=mode, list_size=list_size, seed=seed,
+                              train_start=train_start, train_end=train_end, eval_start=eval_start, eval_end=eval_end,
+                              iterations=iterations, model=model, eval_every=eval_every)
             out = Path(out_dir) if out_dir else db.beside(db_path, "loop")
             res = run_loop(con, cfg, out, default_root(db_path),
                            on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
@@ -76,13 +71,13 @@ def _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end,
 def loop_flow(iterations: int = 10, db: str | None = None, synthetic: bool = False, seed: int = 0,
               train_start: str | None = None, train_end: str | None = None, eval_start: str | None = None,
               eval_end: str | None = None, model: str | None = None, eval_every: int = 5, out_dir: str | None = None,
-              policy: str = "llm") -> dict:
-    """`hitchhiker loop` as a flow: N iterations, held-out greedy accuracy (policy 'beta-head': the Beta head's
-    held-out mean reward beside the random baseline's) as a table artifact."""
+              policy: str = "llm", mode: str = "pairwise", list_size: int = 4) -> dict:
+    """`hitchhiker loop` as a flow: N iterations, held-out greedy accuracy (listwise: pair-ordering accuracy; policy
+    'beta-head': the Beta head's held-out mean reward beside the random baseline's) as a table artifact."""
     if policy not in ("llm", "beta-head"):
         raise ValueError(f"policy {policy!r} is not 'llm' or 'beta-head'")
     out = run_iterations(db, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, model, eval_every,
-                         out_dir, policy)
+                         out_dir, policy, mode, list_size)
     if policy == "beta-head":
         create_table_artifact(table=out["history"], key="loop-beta-head", description="held-out mean reward_usd")
         last = out["history"][-1]
@@ -92,7 +87,7 @@ def loop_flow(iterations: int = 10, db: str | None = None, synthetic: bool = Fal
         return {"checkpoint_id": out["checkpoint_id"], "mean_reward_usd": last["mean_reward_usd"],
                 "random_mean_reward_usd": last["random_mean_reward_usd"], "out_dir": out["out_dir"],
                 "report_path": out["report_path"]}
-    create_table_artifact(table=out["history"], key="loop-accuracy", description="held-out greedy pairwise accuracy")
+    create_table_artifact(table=out["history"], key="loop-accuracy", description=f"held-out greedy {mode} accuracy")
     last = out["history"][-1]
     get_run_logger().info("loop: accuracy %.3f after %d iterations; checkpoint %s", last["accuracy"], last["iteration"], out["checkpoint_id"])
     return {"checkpoint_id": out["checkpoint_id"], "accuracy": last["accuracy"], "out_dir": out["out_dir"]}

@@ -351,6 +351,9 @@ def _add_loop(sub, parent) -> None:
     p.add_argument("--finetune", default="full", choices=["lora", "full"])
     p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="sampler (default hf; vllm: README \"vLLM\")")
     p.add_argument("--style", default="trend", choices=["full", "trend"])
+    p.add_argument("--mode", default="pairwise", choices=["pairwise", "listwise"],
+                   help="listwise: rank baskets (with --synthetic: the market of triples, K = 3); accuracy = pairs ordered")
+    p.add_argument("--list-size", type=int, default=4, help="listwise without --synthetic: stocks per basket (3-8)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--out", default=None, help="run folder (default: <db stem>_loop/)")
     p.add_argument("--policy", default="llm", choices=["llm", "beta-head"],
@@ -365,24 +368,16 @@ def _cmd_loop(args) -> int:
     from pathlib import Path
 
     from hitchhiker import db
-    from hitchhiker.loop import LoopConfig, run_loop, synthetic_setup
-    from hitchhiker.synthetic import SyntheticMarket
-    from hitchhiker.states import trading_days
+    from hitchhiker.loop import loop_config, run_loop
 
     if args.policy == "beta-head":
         return _cmd_loop_beta(args)
     con = db.connect(args.db)
     try:
-        if args.synthetic:
-            cfg = synthetic_setup(con, SyntheticMarket(seed=args.seed), iterations=args.iterations, model=args.model,
-                                  eval_every=args.eval_every, seed=args.seed)
-        else:
-            if not all([args.train_start, args.train_end, args.eval_start, args.eval_end]):
-                raise ValueError("give --train-start/--train-end/--eval-start/--eval-end, or --synthetic")
-            cfg = LoopConfig(train_dates=trading_days(con, args.train_start, args.train_end),
-                             eval_dates=trading_days(con, args.eval_start, args.eval_end), iterations=args.iterations,
-                             ticker_groups=[_csv_list(args.tickers)] if args.tickers else None, model=args.model,
-                             eval_every=args.eval_every, seed=args.seed)
+        cfg = loop_config(con, synthetic=args.synthetic, mode=args.mode, list_size=args.list_size, seed=args.seed,
+                          train_start=args.train_start, train_end=args.train_end, eval_start=args.eval_start,
+                          eval_end=args.eval_end, tickers=_csv_list(args.tickers) if args.tickers else None,
+                          iterations=args.iterations, model=args.model, eval_every=args.eval_every)
         cfg.grpo.finetune = args.finetune
         cfg.sampling = dataclasses.replace(cfg.sampling, backend=args.backend)
         cfg.states = dataclasses.replace(cfg.states, style=args.style)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 PAIRWISE = "pairwise"
 ELEMENTWISE = "elementwise"
 LISTWISE = "listwise"
-MODES = (PAIRWISE, ELEMENTWISE)  # the modes the default small model's tokenizer and warm-up are built on
-ALL_MODES = (PAIRWISE, ELEMENTWISE, LISTWISE)
+ALL_MODES = (PAIRWISE, ELEMENTWISE, LISTWISE)  # also the modes the default small model is warmed up on
 LETTERS = "ABCDEFGH"  # prompt letters; a listwise basket holds MIN_LIST_SIZE..MAX_LIST_SIZE stocks
 MIN_LIST_SIZE, MAX_LIST_SIZE = 3, 8
 POSITIONS = {"buy": 1.0, "hold": 0.0, "sell": -1.0}

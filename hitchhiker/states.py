@@ -166,13 +166,14 @@ _HEADLINES = (
 
 
 def example_prompts(n: int, seed: int = 0) -> list[str]:
-    """`n` rendered prompt texts (system and user content) of both modes, both styles and every action format.
+    """`n` rendered prompt texts (system and user content) of every mode (listwise: 3 to 8 stocks), both styles and
+    every action format.
 
     Synthetic numbers and made-up headlines, no database: the corpus the default small model's tokenizer is
     trained on, so that every word and symbol a real prompt uses is in its vocabulary.
     """
     rng = random.Random(seed)
-    kinds = [(m, st, f) for m in contract.MODES for st in STYLES for f in ACTION_FORMATS[m]]
+    kinds = [(m, st, f) for m in contract.ALL_MODES for st in STYLES for f in ACTION_FORMATS[m]]
     out = []
     for k in range(n):
         mode, style, fmt = kinds[k % len(kinds)]
@@ -182,7 +183,9 @@ def example_prompts(n: int, seed: int = 0) -> list[str]:
             history_days=history, trend_days=rng.randint(1, 10), horizon_days=rng.choice((1, 1, 1, 2, 5)),
             action_format=fmt,
         )
-        stocks = [_synthetic_stock(rng, f"Stock {letter}", spec) for letter in ("AB" if mode == contract.PAIRWISE else "A")]
+        letters = {contract.PAIRWISE: "AB", contract.ELEMENTWISE: "A"}.get(mode) or contract.LETTERS[
+            :rng.randint(contract.MIN_LIST_SIZE, contract.MAX_LIST_SIZE)]
+        stocks = [_synthetic_stock(rng, f"Stock {letter}", spec) for letter in letters]
         messages = render_messages(spec, stocks)
         out.append("\n".join(m["content"] for m in messages))
     return out

@@ -84,7 +84,7 @@ def planted(tmp_path_factory, shared_data):
             "precompute_ref_log_probs": True, "lr_scheduler_type": "constant", "loss_type": ["sigmoid", "sft"]})
 
     clean = train_dpo(con, dpo(2), folder / "clean", pairs=[p for p in pairs if p["group_id"] in clean_groups])
-    leak = train_dpo(con, dpo(30), folder / "leak", parent_id=clean.checkpoint_id,
+    leak = train_dpo(con, dpo(60), folder / "leak", parent_id=clean.checkpoint_id,
                      pairs=[p for p in pairs if p["group_id"] in leak_groups])
     n_states = con.execute("SELECT count(*) FROM states").fetchone()[0]
     audit_config = AuditConfig(n_boot=1000, reports_dir=str(folder / "reports"))

@@ -39,12 +39,12 @@ def store(shared_data, db_file):
     con.close()
 
 
-def _insert_state(con, state_id: str, day: date, tickers: list[str]) -> None:
+def _insert_state(con, state_id: str, day: date, tickers: list[str], mode: str = "pairwise") -> None:
     messages = [{"role": "user", "content": "Stock A trend: UP. Stock B trend: DOWN.\nWhich stock, A or B?"}]
-    con.execute("INSERT INTO states VALUES (?, ?, ?, 'pairwise', 'trend', ?, ?, 'choice', 1, 5, ?, '{}', true, '{}', "
-                "12, 'test', now(), [true, true])",
-                [state_id, day, datetime.combine(day, datetime.min.time(), timezone.utc), tickers,
-                 "-".join(sorted(tickers)), json.dumps(messages)])
+    con.execute("INSERT INTO states VALUES (?, ?, ?, ?, 'trend', ?, ?, ?, 1, 5, ?, '{}', true, '{}', 12, 'test', now(), ?)",
+                [state_id, day, datetime.combine(day, datetime.min.time(), timezone.utc), mode, tickers,
+                 "-".join(sorted(tickers)), "choice" if mode == "pairwise" else "ranking", json.dumps(messages),
+                 [True] * len(tickers)])
 
 
 def _answers(con, tmp_path) -> dict:
@@ -52,7 +52,7 @@ def _answers(con, tmp_path) -> dict:
     csv = tmp_path / "actions.csv"
     csv.write_text(f"decision_date,mode,ticker_a,ticker_b,action\n{T},pairwise,AAP,ABBV,A\n")
     (exit_date,) = rewards.preview(con, csv)["exit_date"].tolist()
-    (outcome,) = loop.pair_outcomes(con, ["s-T"]).values()
+    (outcome,) = loop.outcomes(con, ["s-T"]).values()
     rewards.ensure_calendar(con)
     gate_dates = [d for (d,) in con.execute(db.sql_text("daily/eval_dates"), {
         "mode": "pairwise", "style": None, "after": date(2016, 7, 11), "until": HOLIDAY, "n": 5}).fetchall()]
@@ -107,7 +107,7 @@ def test_greedy_accuracy_counts_states_without_an_outcome(store, tmp_path):
 
     last = store.execute("SELECT max(date) FROM prices").fetchall()[0][0]
     _insert_state(store, "s-last", last, ["AAP", "ABC"])
-    assert set(loop.pair_outcomes(store, ["s-T", "s-last"])) == {"s-T"}
+    assert set(loop.outcomes(store, ["s-T", "s-last"])) == {"s-T"}
     policy = load_policy(PolicyConfig(model=str(tiny_model_dir(tmp_path / "tiny"))))
     got = loop.greedy_accuracy(store, policy, ["s-T", "s-last"])
     assert (got["n"], got["n_unpriced"]) == (1, 1)
@@ -125,7 +125,7 @@ def test_a_halt_beyond_the_entry_gap_is_priced_by_no_consumer(store, tmp_path):
     out = rewards.preview(store, csv)
     assert (out["status"][0], out["reason"][0]) == ("error", "entry 2016-07-18 (the first trading day of both legs "
                                                              "after T) is 6 days after T, more than max_entry_gap_days=5")
-    assert loop.pair_outcomes(store, ["s-T"]) == {}
+    assert loop.outcomes(store, ["s-T"]) == {}
     # the calendar macro's own default (what the gate's dates and the walk-forward checks ask) is the spec's
     assert f"calendar_max_entry_gap_days := {rewards.RewardSpec().max_entry_gap_days})" in db.sql_text("rewards/calendar")
     rewards.ensure_calendar(store)
@@ -137,5 +137,18 @@ def test_a_halt_beyond_the_entry_gap_is_priced_by_no_consumer(store, tmp_path):
     wider = rewards.RewardSpec(max_entry_gap_days=6)
     out = rewards.preview(store, csv, wider)
     assert out["status"][0] == "rewarded" and pd.Timestamp(out["entry_date"][0]).date() == date(2016, 7, 18)
-    assert loop.pair_outcomes(store, ["s-T"], wider)["s-T"] == pytest.approx(
+    assert loop.outcomes(store, ["s-T"], wider)["s-T"] == pytest.approx(
         (_session_return(store, "AAP", date(2016, 7, 18)), _session_return(store, "ABBV", date(2016, 7, 18))), abs=1e-12)
+
+
+def test_a_basket_is_priced_on_the_days_all_its_legs_trade(store):
+    """A listwise basket's outcome (the loop's held-out truth) and its exit (the loop's per-iteration check) are on the
+    days all K legs trade: with ABBV off on the next session, all three legs enter and exit on the session after."""
+    store.execute("DELETE FROM prices WHERE ticker = 'ABBV' AND date = ?", [HOLIDAY])
+    _insert_state(store, "b-T", T, ["ABC", "AAP", "ABBV"], mode="listwise")
+    legs = loop.outcomes(store, ["b-T"])["b-T"]
+    assert legs == pytest.approx(tuple(_session_return(store, t, NEXT) for t in ("ABC", "AAP", "ABBV")), abs=1e-12)
+    config = loop.LoopConfig(train_dates=[T], eval_dates=[NEXT])
+    with pytest.raises(ValueError, match="a training state's reward exits on 2016-07-14, on or after the first held-out"):
+        loop.check_training_exits(store, ["b-T"], config)
+    loop.check_training_exits(store, ["b-T"], loop.LoopConfig(train_dates=[T], eval_dates=[date(2016, 7, 15)]))

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hitchhiker import db, replay, rollouts, snapshots, storage
+from hitchhiker.default_model import BUILDER_VERSION, DEFAULT_MODEL_NAME
 from hitchhiker.policy import PolicyConfig
 from hitchhiker.rollouts import SamplingConfig
 
@@ -24,7 +25,7 @@ from s3_server import s3  # noqa: E402,F401  (the module-scoped S3 server fixtur
 TICKERS = ["A", "AAP", "ABBV", "ABC"]
 DAY = "2016-03-01"  # 4 tickers: 6 pairwise states of the short 'trend' rendering
 CONFIG = SamplingConfig(group_size=3, max_new_tokens=8, seed=7)
-BASE = "base:hitchhiker-tiny@tiny-llama-v3"
+BASE = f"base:{DEFAULT_MODEL_NAME}@{BUILDER_VERSION}"
 # Runs `snapshots.sample_snapshot(url, root, CONFIG)` where `import duckdb` raises, and checks the store module
 # was never imported: what a GPU worker without the store does.
 WORKER = """

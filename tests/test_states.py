@@ -99,7 +99,7 @@ def _expected_headlines(rows, ticker: str, tickers: list[str], day: date, k: int
     return out
 
 
-@pytest.mark.parametrize("mode", contract.MODES)
+@pytest.mark.parametrize("mode", (contract.PAIRWISE, contract.ELEMENTWISE))
 def test_real_data_2016_headlines_only_before_the_cutoff_anonymized_and_within_budget(real, tok, mode):
     con, rows = real
     days = states.trading_days(con, "2016-01-01", "2016-12-31")
@@ -342,8 +342,12 @@ def test_example_prompts_cover_modes_styles_and_formats():
     assert len(prompts) == 16 and prompts == states.example_prompts(16, seed=3)
     assert prompts != states.example_prompts(16, seed=4)
     joined = "\n".join(prompts)
-    for mode in contract.MODES:
+    for mode in contract.ALL_MODES:
         for flag in (False, True):
+            if mode == contract.LISTWISE:  # 3 to 8 stocks: the instruction's words before the letters
+                assert contract.instructions(mode, list_size=3).split(" 3 stocks")[0] in joined
+                assert contract.instructions(mode, brief=True, list_size=3).split("A > B")[0] in joined
+                continue
             kw = {"with_proportion": flag} if mode == "pairwise" else {"numeric_position": flag}
             assert contract.instructions(mode, **kw).split("\n")[-1] in joined or contract.instructions(
                 mode, 2, **kw).split("\n")[-1] in joined

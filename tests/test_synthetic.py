@@ -11,7 +11,7 @@ from train_helpers import tiny_model_dir
 
 
 def test_trend_word_decides_the_next_session(tmp_path):
-    from hitchhiker.loop import pair_outcomes
+    from hitchhiker.loop import outcomes as pair_outcomes
     from hitchhiker.policy import load_tokenizer
     from hitchhiker.states import StatesConfig, build_states
 
