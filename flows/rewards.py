@@ -46,12 +46,15 @@ def attach_table(result: dict) -> str:
 def compute_rewards(db: str | None = None, replay_root: str | None = None, horizon_days: int = 1,
                     entry: str = "next_open", pairwise: str = "long_short", cost_bps: float = 5.0,
                     risk_lambda: float = 0.0, invalid_penalty_usd: float = 0.02, storage: str | None = None,
-                    max_entry_gap_days: int = 5) -> dict:
+                    max_entry_gap_days: int = 5, listwise: str = "top_bottom", judge: str | None = None,
+                    judge_shift_usd: float = 0.0) -> dict:
     """Reward matured rollouts (idempotent: a re-run adds only newly matured ones); returns the counts.
     The replay is replay_root, else <storage>/replay (hitchhiker.storage), else the folder beside the store.
-    A rollout that can never be priced (sql/rewards/unpriced.sql) is logged as a warning and left out."""
+    A rollout that can never be priced (sql/rewards/unpriced.sql) is logged as a warning and left out.
+    judge/judge_shift_usd: judge every rollout first (hitchhiker.judge) and shift the reward the advantages use."""
     spec = dict(horizon_days=horizon_days, entry=entry, pairwise=pairwise, cost_bps=cost_bps,
-                risk_lambda=risk_lambda, invalid_penalty_usd=invalid_penalty_usd, max_entry_gap_days=max_entry_gap_days)
+                risk_lambda=risk_lambda, invalid_penalty_usd=invalid_penalty_usd, max_entry_gap_days=max_entry_gap_days,
+                listwise=listwise, judge=judge, judge_shift_usd=judge_shift_usd)
     RewardSpec(**spec)  # a bad parameter fails the flow before it takes the store
     from hitchhiker import replay
 

@@ -436,6 +436,9 @@ def _add_rewards(sub, parent) -> None:
     spec.add_argument("--invalid-penalty-usd", type=float, default=0.02, help="reward of an invalid completion is -this")
     spec.add_argument("--max-entry-gap-days", type=int, default=5, help="next_open: enter at most this many calendar "
                       "days after the decision date, else the decision is an error (default 5)")
+    spec.add_argument("--judge", default=None, help="label each rollout -1/0/+1 first: 'grounding' or 'lm:<model>'")
+    spec.add_argument("--judge-shift-usd", type=float, default=0.0,
+                      help="shaped reward = reward_usd + this * label, what the advantages use (default 0)")
     c = rsub.add_parser("compute", parents=[parent, spec], help="reward every matured rollout of the replay buffer")
     c.add_argument("--replay-root", default=None, help="replay Parquet root (default: <db stem>_replay/ beside the db)")
     c.set_defaults(func=_cmd_rewards_compute)
@@ -452,7 +455,8 @@ def _reward_spec(args):
 
     return RewardSpec(horizon_days=args.horizon_days, entry=args.entry, pairwise=args.pairwise, cost_bps=args.cost_bps,
                       risk_lambda=args.risk_lambda, invalid_penalty_usd=args.invalid_penalty_usd,
-                      max_entry_gap_days=args.max_entry_gap_days, listwise=args.listwise)
+                      max_entry_gap_days=args.max_entry_gap_days, listwise=args.listwise, judge=args.judge,
+                      judge_shift_usd=args.judge_shift_usd)
 
 
 def _cmd_rewards_compute(args) -> int:

@@ -24,6 +24,7 @@ import pandas as pd
 from pandas.errors import EmptyDataError
 
 from hitchhiker import contract, db, faults
+from hitchhiker.judge import judge_name, judge_rollouts
 
 log = logging.getLogger(__name__)
 FORMULA_VERSION = "usd1"  # bump when the meaning of a parameter changes without the SQL text changing
@@ -49,6 +50,11 @@ class RewardSpec:
     # days or years later (a long weekend is 4 days; a leg halted for weeks, or no data near T, is beyond it)
     max_entry_gap_days: int = DEFAULT_MAX_ENTRY_GAP_DAYS
     listwise: str = "top_bottom"  # 'top_bottom': $1 long first-ranked, $1 short last | 'rank_weighted' (issue 20)
+    # A judge's reward shift (issue 21): judge 'grounding' or 'lm:<model>' labels each rollout -1/0/+1
+    # (hitchhiker.judge); shaped_reward_usd = reward_usd + judge_shift_usd * label feeds the advantages. reward_usd
+    # stays the market's dollars. Neither is named in reward_spec unless set, so specs without a judge keep their names.
+    judge: str | None = None
+    judge_shift_usd: float = 0.0
 
     def __post_init__(self):
         for name in ("horizon_days", "max_entry_gap_days"):
@@ -61,10 +67,14 @@ class RewardSpec:
             raise ValueError(f"pairwise {self.pairwise!r} is not one of {PAIRWISE_STYLES}")
         if self.listwise not in LISTWISE_STYLES:
             raise ValueError(f"listwise {self.listwise!r} is not one of {LISTWISE_STYLES}")
-        for name in ("cost_bps", "risk_lambda", "invalid_penalty_usd"):
+        if self.judge is not None:
+            judge_name(self.judge)  # names what is wrong with it
+        for name in ("cost_bps", "risk_lambda", "invalid_penalty_usd", "judge_shift_usd"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise ValueError(f"{name} {v!r} must be a finite number >= 0")
+        if self.judge_shift_usd > 0 and self.judge is None:
+            raise ValueError(f"judge_shift_usd {self.judge_shift_usd!r} needs a judge ('grounding' or 'lm:<model>')")
 
     @property
     def reward_spec(self) -> str:
@@ -77,6 +87,8 @@ class RewardSpec:
         if self.max_entry_gap_days != DEFAULT_MAX_ENTRY_GAP_DAYS:
             named.append(("max_entry_gap_days", self.max_entry_gap_days))
         named.append(("listwise", self.listwise))
+        if self.judge is not None:
+            named += [("judge", judge_name(self.judge)), ("judge_shift_usd", self.judge_shift_usd)]
         params = ",".join(f"{k}={_number(v)}" for k, v in named)
         return f"{FORMULA_VERSION}:{params},sql={sql_sha256()[:8]}"
 
@@ -115,6 +127,8 @@ def set_spec_variables(con: duckdb.DuckDBPyConnection, spec: RewardSpec) -> None
         "reward_cost_bps": float(spec.cost_bps),
         "reward_risk_lambda": float(spec.risk_lambda),
         "reward_invalid_penalty_usd": float(spec.invalid_penalty_usd),
+        "reward_judge": judge_name(spec.judge) if spec.judge is not None else None,
+        "reward_judge_shift_usd": float(spec.judge_shift_usd),
     }
     for name, value in values.items():
         con.execute(f"SET VARIABLE {name} = ?", [value])
@@ -179,6 +193,8 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
     total (rows under this spec after the run), dates_read (decision dates read; None = all), plus reward_spec and
     computed_at (the run's stamp on its rows).
     """
+    if spec.judge is not None:  # every rollout judged (once) before its reward is: one transaction of its own
+        judge_rollouts(con, spec.judge, replay_root)
     computed_at = datetime.now(timezone.utc)
     with db.transaction(con):
         set_spec_variables(con, spec)

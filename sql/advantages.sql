@@ -1,8 +1,10 @@
 -- Group-relative advantages for GRPO, one row per reward: a group is the rollouts of one state sampled by one
--- policy version (replay.group_id), scored under one reward spec. Join to `replay` on rollout_id.
---   advantage         = (reward - group mean) / (group std + 1e-4)   GRPO; std with Bessel's correction and the
+-- policy version (replay.group_id), scored under one reward spec. Join to `replay` on rollout_id. The reward they
+-- are relative to is shaped_reward_usd: the market's reward_usd, shifted by a judge's label where the spec has a
+-- judge (sql/migrations/013_judgements.sql), else reward_usd itself.
+--   advantage         = (shaped reward - group mean) / (group std + 1e-4)   GRPO; std with Bessel's correction and the
 --                       1e-4 of TRL's GRPOTrainer (trl/trainer/grpo_trainer.py), so both give the same numbers
---   advantage_drgrpo  = reward - group mean                          Dr. GRPO (no std scaling), USD per $1
+--   advantage_drgrpo  = shaped reward - mean                        Dr. GRPO (no std scaling), USD per $1
 --   zero_variance     = every reward of the group is equal: no learning signal (also true for a group of one)
 CREATE OR REPLACE VIEW advantages AS
 SELECT
@@ -13,8 +15,9 @@ SELECT
     r.reward_spec,
     r.decision_date,
     r.reward_usd,
-    (r.reward_usd - g.group_mean_usd) / (g.group_std_usd + 1e-4) AS advantage,
-    r.reward_usd - g.group_mean_usd AS advantage_drgrpo,
+    r.shaped_reward_usd,
+    (r.shaped_reward_usd - g.group_mean_usd) / (g.group_std_usd + 1e-4) AS advantage,
+    r.shaped_reward_usd - g.group_mean_usd AS advantage_drgrpo,
     g.group_size,
     g.zero_variance,
     g.group_mean_usd,
@@ -25,10 +28,10 @@ JOIN (
         state_id,
         policy_version,
         reward_spec,
-        avg(reward_usd) AS group_mean_usd,
-        coalesce(stddev_samp(reward_usd), 0.0) AS group_std_usd,
+        avg(shaped_reward_usd) AS group_mean_usd,
+        coalesce(stddev_samp(shaped_reward_usd), 0.0) AS group_std_usd,
         count(*) AS group_size,
-        min(reward_usd) = max(reward_usd) AS zero_variance
+        min(shaped_reward_usd) = max(shaped_reward_usd) AS zero_variance
     FROM rewards
     GROUP BY state_id, policy_version, reward_spec
 ) AS g USING (state_id, policy_version, reward_spec);

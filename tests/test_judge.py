@@ -1,0 +1,130 @@
+"""Judges and the judge's reward shift (issue 21 part 3): labels, strict parsing, once per (rollout, judge), the
+shaped reward beside an unchanged reward_usd, and the advantages over the shaped reward."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from hitchhiker import contract, db, judge, replay, rewards
+from hitchhiker.loop import _build, synthetic_setup
+from hitchhiker.rollouts import group_id
+from hitchhiker.synthetic import SyntheticMarket
+
+# On the synthetic market every state shows 'Stock A trend: UP/DOWN' with the trend's return in its features.
+TEXTS = {  # completion template -> label when the stock it names rose ({up}) / fell ({down}) per the prompt
+    "Stock {up} rose.\nACTION: {up}": 1,          # supported, about the chosen stock
+    "Stock {up} fell.\nACTION: {up}": -1,         # unsupported direction
+    "Stock {down} fell.\nACTION: {up}": 0,        # supported, but not about the chosen stock
+    "ACTION: {up}": 0,                            # nothing checkable
+    "Stock {up} rose 99.5%.\nACTION: {up}": -1,   # unsupported number
+}
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    """A store with the synthetic market's states of 6 training dates and, per state, a group of the TEXTS."""
+    tmp = tmp_path_factory.mktemp("judge")
+    con = db.connect(tmp / "j.duckdb")
+    cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=60)
+    ids = _build(con, cfg, cfg.train_dates[:6])
+    root = tmp / "replay"
+    expected = {}
+    for sid, day, pair, features in con.execute(
+            "SELECT state_id, decision_date, pair, features FROM states WHERE list_contains(?, state_id)", [ids]).fetchall():
+        trend = {k: v["trend_return_pct"] for k, v in json.loads(features).items()}
+        up, down = ("A", "B") if trend["A"] > trend["B"] else ("B", "A")
+        gid, rows = group_id(sid, "base:test"), []
+        for i, (template, label) in enumerate(TEXTS.items()):
+            text = template.format(up=up, down=down)
+            parsed = contract.parse(text, contract.PAIRWISE)
+            rid = f"{gid}-{i}"
+            expected[rid] = label if trend[up] > 0 > trend[down] else None  # else a claim's sign is not as named
+            rows.append(dict(rollout_id=rid, state_id=sid, group_id=gid, mode="pairwise", policy_version="base:test",
+                             sample_index=i, temperature=1.0, top_p=1.0, prompt_ids=[1], completion=text,
+                             completion_ids=[1], token_logprobs=[-1.0], logprob_sum=-1.0, action=parsed.action,
+                             proportion=parsed.proportion, position=None, advisory_text=parsed.advisory_text,
+                             valid=parsed.valid, invalid_reason=parsed.invalid_reason,
+                             created_at=datetime.now(timezone.utc)))
+        replay.write_group(root, day, pair, gid, rows)
+    yield con, root, expected
+    con.close()
+
+
+def test_grounding_judge_labels_each_kind_of_advice(market):
+    con, root, expected = market
+    out = judge.judge_rollouts(con, "grounding", root)
+    assert out["judge"] == "grounding-v1" and out["inserted"] == out["pending"] == len(expected) >= 30
+    got = dict(con.execute("SELECT rollout_id, label FROM judgements WHERE judge = 'grounding-v1'").fetchall())
+    checked = {r: lab for r, lab in expected.items() if lab is not None}  # both trends of the state signed as named
+    assert len(checked) >= 20 and {r: got[r] for r in checked} == checked
+    reasons = dict(con.execute("SELECT rollout_id, reason FROM judgements").fetchall())
+    assert all(reasons[r].startswith("unsupported: ") for r, lab in checked.items() if lab == -1)
+    # once per (rollout, judge): a re-run judges nothing and changes nothing
+    before = con.execute("SELECT * FROM judgements ORDER BY rollout_id").fetchall()
+    assert judge.judge_rollouts(con, "grounding", root)["inserted"] == 0
+    assert con.execute("SELECT * FROM judgements ORDER BY rollout_id").fetchall() == before
+
+
+def test_the_shift_moves_the_advantages_and_never_the_dollars(market):
+    con, root, _ = market
+    plain, shifted = rewards.RewardSpec(), rewards.RewardSpec(judge="grounding", judge_shift_usd=0.01)
+    assert "judge" not in plain.reward_spec  # specs without a judge keep their names
+    assert ",judge=grounding-v1,judge_shift_usd=0.01," in shifted.reward_spec
+    for spec in (plain, shifted):
+        rewards.compute_rewards(con, spec, root)
+    rows = con.execute(
+        "SELECT p.rollout_id, p.reward_usd, s.reward_usd, p.shaped_reward_usd, s.shaped_reward_usd, s.judge_label, "
+        "j.label, pa.advantage, sa.advantage, sa.group_mean_usd "
+        "FROM rewards AS p JOIN rewards AS s USING (rollout_id) "
+        "JOIN judgements AS j ON j.rollout_id = p.rollout_id AND j.judge = 'grounding-v1' "
+        "JOIN advantages AS pa ON pa.rollout_id = p.rollout_id AND pa.reward_spec = p.reward_spec "
+        "JOIN advantages AS sa ON sa.rollout_id = s.rollout_id AND sa.reward_spec = s.reward_spec "
+        "WHERE p.reward_spec = ? AND s.reward_spec = ?", [plain.reward_spec, shifted.reward_spec]).fetchall()
+    assert len(rows) == con.execute("SELECT count(*) FROM judgements").fetchone()[0]
+    for _, r_plain, r_shift, sh_plain, sh_shift, used, label, _, _, _ in rows:
+        assert r_plain == r_shift and sh_plain == r_plain  # the market's dollars, unchanged by the judge
+        assert used == label and sh_shift == pytest.approx(r_shift + 0.01 * label, abs=1e-15)
+    assert any(a_p != a_s for *_, a_p, a_s, _ in rows)  # the shift reaches the advantages
+    # the view's group mean is the mean of the shaped rewards
+    means = dict(con.execute("SELECT group_id, avg(shaped_reward_usd) FROM rewards WHERE reward_spec = ? GROUP BY 1",
+                             [shifted.reward_spec]).fetchall())
+    for gid, mean in con.execute("SELECT group_id, group_mean_usd FROM advantages WHERE reward_spec = ?",
+                                 [shifted.reward_spec]).fetchall():
+        assert mean == pytest.approx(means[gid], abs=1e-15)
+    # idempotent: a re-run under the judged spec adds nothing
+    assert rewards.compute_rewards(con, shifted, root)["inserted"] == 0
+
+
+def test_lm_judge_parses_strictly():
+    assert judge.parse_lm_answer(" Accepted.") == judge.Judgement(1, "judge answered 'accepted'")
+    assert judge.parse_lm_answer("rejected, because") .label == -1
+    assert judge.parse_lm_answer("neutral").label == 0
+    for answer in ("", "accept", "yes", "It is accepted", "accepted!?x"):
+        j = judge.parse_lm_answer(answer)
+        assert j.label == 0 and "is not accepted/neutral/rejected" in j.reason, answer
+
+
+def test_lm_judge_on_the_default_model():
+    from hitchhiker.default_model import default_model_path
+
+    path = str(default_model_path())
+    name = judge.judge_name(f"lm:{path}")
+    assert name.startswith(f"lm:{path}@") and name == judge.judge_name(f"lm:{path}")
+    j = judge.LMJudge(path)
+    texts = list(TEXTS)[:2]
+    labels = [j("Stock A trend: UP. Stock B trend: DOWN.", t.format(up="A", down="B")) for t in texts]
+    assert all(lab.label in (-1, 0, 1) and lab.reason for lab in labels)
+    assert labels == [j("Stock A trend: UP. Stock B trend: DOWN.", t.format(up="A", down="B")) for t in texts]  # greedy
+
+
+def test_bad_judge_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="judge_shift_usd 0.01 needs a judge"):
+        rewards.RewardSpec(judge_shift_usd=0.01)
+    with pytest.raises(ValueError, match="judge 'gpt': use 'grounding' or 'lm:"):
+        rewards.RewardSpec(judge="gpt")
+    with pytest.raises(ValueError, match="judge_shift_usd -0.01 must be a finite number >= 0"):
+        rewards.RewardSpec(judge="grounding", judge_shift_usd=-0.01)
+    with pytest.raises(ValueError, match="no \\*.safetensors or \\*.bin weights"):
+        judge.judge_name(f"lm:{tmp_path}")
