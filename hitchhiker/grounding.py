@@ -142,8 +142,9 @@ def _facts(prompt_text: str, features: dict | str | None) -> _Facts:
                 continue
             numbers.append(x)
             by_subject.setdefault(s, []).append(x)
-            lowered = name.lower()  # price moves only: a volume change says nothing about direction
-            if any(t in lowered for t in ("ret", "change", "trend", "momentum")) and "vol" not in lowered and x != 0:
+            lowered = name.lower()  # price moves only: a volume change, or a trend's length in days, has no direction
+            if (any(t in lowered for t in ("ret", "change", "trend", "momentum")) and "vol" not in lowered
+                    and not lowered.endswith("days") and x != 0):
                 signs.setdefault(s, set()).add(1 if x > 0 else -1)
     # Text about exactly one stock gives that stock's numbers and trend words too: a sentence that names only it
     # ("Stock A trend: UP."), or the lines under a header line "Stock A" up to the next blank line (full prompts).

@@ -57,6 +57,17 @@ def test_direction_without_number():
     assert len(bad) == 1 and bad[0].kind == "direction" and "Stock A" in bad[0].reason
 
 
+def test_a_trend_length_in_days_is_no_direction():
+    # the synthetic market's features: trend_days (a count, always positive) beside the signed trend return
+    features = {"A": {"trend": "UP", "trend_days": 5, "trend_return_pct": 4.85},
+                "B": {"trend": "DOWN", "trend_days": 5, "trend_return_pct": -1.43}}
+    _, g = judged("Stock B is UP.", prompt=TREND_PROMPT, features=features)
+    bad = [c for c in g.claims if not c.supported]
+    assert len(bad) == 1 and bad[0].kind == "direction" and "went up" in bad[0].reason
+    _, g = judged("Stock B is DOWN. Stock A is UP.", prompt=TREND_PROMPT, features=features)
+    assert g.n_unsupported == 0
+
+
 def test_unknown_placeholder_and_real_ticker_are_unsupported():
     _, g = judged("Stock C looks better than AAPL, buy A.", universe=["AAPL", "MSFT", "A"])
     reasons = sorted(c.reason for c in g.claims if not c.supported)
