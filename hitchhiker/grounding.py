@@ -45,6 +45,7 @@ class Claim:
     subject: str | None  # placeholder letter ('A'/'B') or None when the sentence names no stock
     supported: bool
     reason: str = ""
+    direction: int = 0  # a direction claim's sign: +1 the stock went up, -1 down (0 for the other kinds)
 
 
 @dataclass
@@ -260,4 +261,4 @@ def _direction_claims(sentence: str, subject: str | None, facts: _Facts, has_num
     word = "up" if direction > 0 else "down"
     ok = direction in facts.signs.get(subject, set())
     return [Claim("direction", f"{subject} {word}", subject, ok,
-                  "" if ok else f"nothing shown for Stock {subject} went {word}")]
+                  "" if ok else f"nothing shown for Stock {subject} went {word}", direction)]

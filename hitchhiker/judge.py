@@ -2,10 +2,11 @@
 
 Two judges:
 - `grounding` (the default): the rule-based checker of hitchhiker.grounding on the rollout's advisory text against
-  its own prompt and features. Any unsupported claim: -1. No claim to check: 0. Every claim supported and at least
-  one of them about the stock the action puts first (pairwise: the chosen letter; listwise: the first-ranked;
-  elementwise: the stock): +1. Supported claims that never speak of that stock: 0 (true, but not the decision's
-  reason).
+  its own prompt and features. Any unsupported claim: -1. Every claim supported and at least one direction claim that
+  argues for the action: +1, i.e. the stock the action puts first went up (pairwise: the chosen one; listwise: the
+  first-ranked; elementwise: a buy) or the one it puts last went down (pairwise: the other; listwise: the
+  last-ranked; elementwise: a sell). Otherwise 0: nothing checkable, only stock names or numbers, or true directions
+  that do not argue for the action (a stock named alone is no reason: 'Stock A is.' earns nothing).
 - `lm:<hub id or local path>`: a causal LM asked, after the prompt and the completion, whether the advice is
   supported by the data shown, answering one word; the first word of its greedy answer must be exactly `accepted`,
   `neutral` or `rejected` (case and trailing punctuation aside), else the label is 0 with the answer in the reason.
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 GROUNDING = "grounding"
 GROUNDING_VERSION = 1  # bump when the rule below or hitchhiker.grounding's checks change what a label is
+ANY = "*"  # _action_ends: any subject (elementwise prompts show one stock)
 LABELS = {"rejected": -1, "neutral": 0, "accepted": 1}
 LM_QUESTION = ("Is the advice above supported by the data shown and consistent with its action? "
                "Answer with one word: accepted, neutral or rejected.\nAnswer:")
@@ -81,24 +83,30 @@ def grounding_judgement(completion: str, mode: str, prompt_text: str, features, 
     bad = [c for c in checked.claims if not c.supported]
     if bad:
         return Judgement(-1, "unsupported: " + "; ".join(f"{c.kind} {c.text.strip()!r} ({c.reason})" for c in bad[:3]))
-    if not checked.claims:
-        return Judgement(0, "nothing checkable")
-    first = _first_stock(parsed, mode)
-    if first is None:
+    directions = [c for c in checked.claims if c.kind == "direction"]
+    if not directions:
+        return Judgement(0, "no direction claimed" if checked.claims else "nothing checkable")
+    ends = _action_ends(parsed, mode)
+    if ends is None:
         return Judgement(0, f"claims supported, action invalid ({parsed.invalid_reason})")
-    if mode == contract.ELEMENTWISE or any(c.subject == first for c in checked.claims):
-        return Judgement(1, f"{checked.n_claims} claim(s) supported, about the action's stock {first}")
-    return Judgement(0, f"{checked.n_claims} claim(s) supported, none about the action's stock {first}")
+    first, last = ends
+    for c in directions:
+        if (c.direction > 0 and first in (c.subject, ANY)) or (c.direction < 0 and last in (c.subject, ANY)):
+            return Judgement(1, f"{len(checked.claims)} claim(s) supported; '{c.text}' argues for the action")
+    return Judgement(0, f"{len(checked.claims)} claim(s) supported, none argues for the action")
 
 
-def _first_stock(parsed, mode: str) -> str | None:
+def _action_ends(parsed, mode: str) -> tuple[str | None, str | None] | None:
+    """(the stock the action puts first, the one it puts last): the subjects a direction claim argues for the action
+    with, up for the first and down for the last; None for an invalid action."""
     if not parsed.valid:
         return None
     if mode == contract.LISTWISE:
-        return parsed.ranking[0]
+        return parsed.ranking[0], parsed.ranking[-1]
     if mode == contract.PAIRWISE:
-        return parsed.action
-    return "the stock"
+        return parsed.action, "B" if parsed.action == "A" else "A"
+    # elementwise: one stock, whatever the prompt calls it
+    return (ANY, None) if parsed.position > 0 else (None, ANY) if parsed.position < 0 else (None, None)
 
 
 class LMJudge:

@@ -83,6 +83,19 @@ def test_rewards_compute_cli(shared_data, tmp_path):
     assert (n, groups) == (32, 8)
     p = subprocess.run([exe, "rewards", "compute", "--db", str(path), "--entry", "sometime"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "sometime" in p.stderr
+    # judged (issue 21): every rollout judged once ('ACTION: A' alone claims nothing: neutral), the dollars unchanged
+    judged = [exe, "rewards", "compute", "--db", str(path), "--horizon-days", "2", "--judge", "grounding",
+              "--judge-shift-usd", "0.01"]
+    p = subprocess.run(judged, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "32 rewarded, 0 waiting" in p.stdout, p.stderr
+    con = db.connect(path, read_only=True)
+    assert con.execute("SELECT judge, label, count(*) FROM judgements GROUP BY ALL").fetchall() == [("grounding-v1", 0, 32)]
+    assert con.execute("SELECT count(*) FROM rewards a JOIN rewards b USING (rollout_id) WHERE a.reward_spec LIKE "
+                       "'%judge=grounding-v1,judge_shift_usd=0.01,%' AND b.reward_spec NOT LIKE '%judge%' AND "
+                       "a.reward_usd = b.reward_usd AND a.shaped_reward_usd = a.reward_usd").fetchone()[0] == 32
+    con.close()
+    p = subprocess.run(judged[:-4] + ["--judge", "gpt"], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "judge 'gpt': use 'grounding' or 'lm:" in p.stderr
 
 
 def test_compute_reads_only_the_dates_with_unrewarded_groups(shared_data, tmp_path):
