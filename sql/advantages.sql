@@ -1,5 +1,7 @@
--- Group-relative advantages for GRPO, one row per reward: a group is the rollouts of one state sampled by one
--- policy version (replay.group_id), scored under one reward spec. Join to `replay` on rollout_id. The reward they
+-- Group-relative advantages for GRPO, one row per reward: a group is replay.group_id (the rollouts of one state
+-- sampled in one round: by one policy version, or split across teachers, issue 21), scored under one reward spec.
+-- Join to `replay` on rollout_id. (Until migration 014 the view grouped by (state_id, policy_version): a group_id
+-- was one such pair, so every group stored before teachers has the same members and the same advantages.) The reward they
 -- are relative to is shaped_reward_usd: the market's reward_usd, shifted by a judge's label where the spec has a
 -- judge (sql/migrations/013_judgements.sql), else reward_usd itself.
 --   advantage         = (shaped reward - group mean) / (group std + 1e-4)   GRPO; std with Bessel's correction and the
@@ -25,13 +27,12 @@ SELECT
 FROM rewards AS r
 JOIN (
     SELECT
-        state_id,
-        policy_version,
+        group_id,
         reward_spec,
         avg(shaped_reward_usd) AS group_mean_usd,
         coalesce(stddev_samp(shaped_reward_usd), 0.0) AS group_std_usd,
         count(*) AS group_size,
         min(shaped_reward_usd) = max(shaped_reward_usd) AS zero_variance
     FROM rewards
-    GROUP BY state_id, policy_version, reward_spec
-) AS g USING (state_id, policy_version, reward_spec);
+    GROUP BY group_id, reward_spec
+) AS g USING (group_id, reward_spec);

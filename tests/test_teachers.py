@@ -1,0 +1,114 @@
+"""Teacher weights in SQL (issue 21 part 2): scores from matured advantages, softmax with a floor, the stale rule,
+computed once per date, and the seeded split of a group across teachers."""
+from __future__ import annotations
+
+import random
+from datetime import date, timedelta
+
+import pytest
+
+from hitchhiker import db, teachers
+from hitchhiker.teachers import TeachersConfig, split_group, update_weights
+
+GOOD, BAD = "ckpt-trained", "base:untrained"
+
+
+def _insert(con, day: date, teacher: str, group: str, rewards_usd: list[float], spec: str, matured: bool = True):
+    for k, r in enumerate(rewards_usd):
+        rid = f"{group}-{teacher}-{k}"
+        con.execute("INSERT INTO replay VALUES (?, ?, ?)", [rid, teacher, day])
+        if matured:
+            con.execute("INSERT INTO rewards (rollout_id, reward_spec, state_id, group_id, policy_version, decision_date, "
+                        "mode, valid, ticker_a, entry_date, exit_date, weight_a, weight_b, return_a, cost_usd, risk_usd, "
+                        "reward_usd, shaped_reward_usd, computed_at) VALUES (?, ?, ?, ?, ?, ?, 'pairwise', true, 'X', ?, ?, "
+                        "1, -1, 0, 0, 0, ?, ?, now())",
+                        [rid, spec, group, group, teacher, day, day + timedelta(days=1), day + timedelta(days=1), r, r])
+
+
+@pytest.fixture
+def con(tmp_path):
+    c = db.connect(tmp_path / "t.duckdb")
+    c.execute("DROP VIEW replay")  # the buffer as a plain table of what the weights read
+    c.execute("CREATE TABLE replay (rollout_id VARCHAR, policy_version VARCHAR, decision_date DATE)")
+    yield c
+    c.close()
+
+
+def test_the_trained_teacher_gains_weight_the_floor_holds_and_the_stale_are_forced_back(con):
+    """Two teachers, 8 samples a group, 4 groups a date, split by the stored weights; the trained one's samples earn
+    more. Its weight passes 0.8 within 10 dates; no weight ever goes under floor / N; once the other draws nothing
+    for longer than stale_days (its worker down from date 12), it is forced back to stale_share, and drawn again."""
+    cfg = TeachersConfig(teachers=[GOOD, BAD], reward_spec="spec", half_life_dates=3, temperature=0.5, floor=0.02,
+                         stale_days=4, stale_share=0.15, seed=0)
+    rng = random.Random(0)
+    days = [date(2024, 1, 1) + timedelta(days=i) for i in range(30)]
+    history = []
+    for i, day in enumerate(days):
+        rows = {r["teacher"]: r for r in update_weights(con, day, cfg)}
+        history.append(rows)
+        for g in range(4):  # one group = one state's round, split across the teachers
+            split = split_group({t: r["weight"] for t, r in rows.items()}, 8, cfg.seed, f"{day}-{g}")
+            if 12 <= i < 20 and not rows[BAD]["forced"]:  # the untrained teacher's worker is down for a while
+                split = {GOOD: 8, BAD: 0}
+            for t, n in split.items():
+                _insert(con, day, t, f"{day}-{g}", [(0.01 if t == GOOD else -0.01) + rng.gauss(0, 0.004)
+                                                    for _ in range(n)], "spec")
+    weights = [{t: r["weight"] for t, r in rows.items()} for rows in history]
+    print("trained teacher's weight by date:", [round(w[GOOD], 3) for w in weights])
+    assert weights[0] == {GOOD: pytest.approx(0.5), BAD: pytest.approx(0.5)}  # 1/N before any reward matured
+    above = [i for i, w in enumerate(weights) if w[GOOD] > 0.8]
+    assert above and above[0] <= 10
+    assert all(abs(b[GOOD] - a[GOOD]) < 0.25 for a, b in zip(weights[:above[0]], weights[1:above[0] + 1]))  # smoothed
+    assert all(min(w.values()) >= cfg.floor / 2 - 1e-12 and sum(w.values()) == pytest.approx(1) for w in weights)
+    forced = [i for i, rows in enumerate(history) if rows[BAD]["forced"]]
+    assert forced and 12 + cfg.stale_days <= forced[0] <= 12 + cfg.stale_days + 1
+    assert not any(rows[GOOD]["forced"] for rows in history)
+    for i in forced:  # forced exactly when stale, to exactly the share, and drawn again on that date
+        last = history[i][BAD]["last_sampled"]
+        assert last is None or (days[i] - last).days > cfg.stale_days
+        assert weights[i][BAD] == pytest.approx(cfg.stale_share)
+    drawn = {d for (d,) in con.execute("SELECT DISTINCT decision_date FROM replay WHERE policy_version = ?", [BAD]).fetchall()}
+    assert all(days[i] in drawn for i in forced)
+    for i, rows in enumerate(history):  # and never forced while it had been drawn recently
+        last = rows[BAD]["last_sampled"]
+        if last is not None and (days[i] - last).days <= cfg.stale_days:
+            assert not rows[BAD]["forced"]
+
+
+def test_weights_are_computed_once_from_rewards_matured_before_the_date(con):
+    cfg = TeachersConfig(teachers=[GOOD, BAD], reward_spec="spec")
+    day = date(2024, 2, 1)
+    _insert(con, day - timedelta(days=3), GOOD, "g1", [0.02, 0.01], "spec")
+    _insert(con, day - timedelta(days=3), BAD, "g1", [-0.02, -0.01], "spec")
+    # a reward that exits on the date itself is not known at its decision time: it must not count
+    _insert(con, day - timedelta(days=1), BAD, "g2", [0.5, 0.5], "spec")
+    _insert(con, day - timedelta(days=1), GOOD, "g2", [-0.5, -0.5], "spec")
+    w = {r["teacher"]: r for r in update_weights(con, day, cfg)}
+    assert w[GOOD]["weight"] > 0.55 and w[GOOD]["n_dates"] == w[BAD]["n_dates"] == 1  # g2 exits on the date: unknown
+    # once stored, later rewards do not rewrite the date's weights (its draws can be replayed)
+    _insert(con, day - timedelta(days=2), BAD, "g3", [1.0] * 4, "spec")
+    _insert(con, day - timedelta(days=2), GOOD, "g3", [-1.0] * 4, "spec")
+    assert {r["teacher"]: r for r in update_weights(con, day, cfg)} == w
+    assert con.execute("SELECT count(*) FROM teacher_weights").fetchone()[0] == 2
+
+
+def test_split_is_seeded_and_sums_to_the_group():
+    w = {GOOD: 0.7, BAD: 0.3}
+    a = split_group(w, 16, 0, "state-1")
+    assert sum(a.values()) == 16 and a == split_group(w, 16, 0, "state-1")
+    draws = [split_group(w, 16, 0, f"s{i}")[GOOD] for i in range(400)]
+    assert abs(sum(draws) / (400 * 16) - 0.7) < 0.02
+    assert any(split_group(w, 16, 1, f"s{i}") != split_group(w, 16, 0, f"s{i}") for i in range(5))
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="teachers \\['a', 'a'\\]: give one or more distinct"):
+        TeachersConfig(teachers=["a", "a"], reward_spec="s")
+    with pytest.raises(ValueError, match="floor 0 must be in \\(0, 1\\]"):
+        TeachersConfig(teachers=["a", "b"], reward_spec="s", floor=0)
+    with pytest.raises(ValueError, match="stale_share 0.6 must be in \\(0, 1/2\\]"):
+        TeachersConfig(teachers=["a", "b"], reward_spec="s", stale_share=0.6)
+    with pytest.raises(ValueError, match="temperature 0 must be a finite number > 0"):
+        TeachersConfig(teachers=["a", "b"], reward_spec="s", temperature=0)
+    with pytest.raises(ValueError, match="weights .* must be > 0 and sum to 1"):
+        split_group({"a": 1.0, "b": 0.0}, 8, 0, "s")
