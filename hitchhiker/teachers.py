@@ -105,3 +105,84 @@ def split_group(weights: dict[str, float], group_size: int, seed: int, state_id:
     key = int.from_bytes(hashlib.sha256(f"{seed}\x1f{state_id}".encode()).digest()[:8], "little")
     counts = np.random.default_rng(key).multinomial(group_size, p / p.sum())
     return {t: int(c) for t, c in zip(teachers, counts)}
+
+
+def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_ids: list[str], sampling,
+                         config: TeachersConfig, root) -> dict:
+    """Sample one group per state, its `sampling.group_size` samples split across the teachers by the date's weights.
+
+    policies: {policy_version: loaded Policy} for every teacher of `config` (they must share one tokenizer: the
+    student trains on the teachers' token ids, scored against each row's stored behaviour log-probs, the truncated
+    importance ratio it already applies to stale samples). A group's id is rollouts.group_id(state_id, config.name):
+    a re-run finds it and samples nothing. Each rollout row is its teacher's (policy_version, prompt_ids, token
+    log-probs); the weights and the split go to `teacher_groups`. Returns counts and the rows written per teacher.
+    """
+    import dataclasses
+
+    from hitchhiker import replay
+    from hitchhiker.rollouts import _batches, _prompt_or_failure, _row, group_generator, group_id, load_states, \
+        sample_token_groups
+
+    if sorted(policies) != sorted(config.teachers):
+        raise ValueError(f"policies {sorted(policies)} are not the teachers {sorted(config.teachers)}")
+    vocabs = {v: p.tokenizer.get_vocab() for v, p in policies.items()}
+    first = config.teachers[0]
+    for v in config.teachers[1:]:
+        if vocabs[v] != vocabs[first]:
+            raise ValueError(f"teacher {v!r} has another tokenizer than {first!r}: teachers must share one")
+    replay.ensure_view(con, root)
+    states = [s for s in load_states(con, state_ids)
+              if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, config.name))]
+    weights = {d: {r["teacher"]: r["weight"] for r in update_weights(con, d, config)}
+               for d in sorted({s.decision_date for s in states})}
+    splits = {s.state_id: split_group(weights[s.decision_date], sampling.group_size, config.seed, s.state_id)
+              for s in states}
+    rows: dict[str, list[dict]] = {s.state_id: [] for s in states}
+    failed: dict[str, str] = {}
+    for teacher in config.teachers:  # each teacher samples its share of every group, batched over the states
+        policy = policies[teacher]
+        mine = [s for s in states if splits[s.state_id][teacher] > 0]
+        prompt_of = {s.state_id: p for s in mine if (p := _prompt_or_failure(policy, s, failed)) is not None}
+        offset = {s.state_id: sum(splits[s.state_id][t] for t in config.teachers[:config.teachers.index(teacher)])
+                  for s in mine}
+        for batch in _batches([s for s in mine if s.state_id in prompt_of], prompt_of, sampling.groups_per_batch):
+            size = max(splits[s.state_id][teacher] for s in batch)
+            gids = [group_id(s.state_id, config.name) for s in batch]
+            generators = [group_generator(sampling.seed, f"{g}\x1f{teacher}", policy.device) for g in gids]
+            temperatures = torch_temperatures(sampling, size, generators)
+            samples = sample_token_groups(policy, [prompt_of[s.state_id] for s in batch], temperatures, generators,
+                                          dataclasses.replace(sampling, group_size=size))
+            now = datetime.now(timezone.utc)
+            for state, gid, temps, group in zip(batch, gids, temperatures.tolist(), samples):
+                n = splits[state.state_id][teacher]
+                rows[state.state_id] += [
+                    _row(policy, state, gid, prompt_of[state.state_id], offset[state.state_id] + k, t, sampling.top_p,
+                         ids, lps, now) for k, (t, (ids, lps)) in enumerate(zip(temps[:n], group[:n]))]
+    written, per_teacher = 0, {t: 0 for t in config.teachers}
+    for s in states:
+        if s.state_id in failed or len(rows[s.state_id]) != sampling.group_size:
+            continue
+        gid = group_id(s.state_id, config.name)
+        # the draw first: a kill before the file leaves a row that the re-run's identical draw finds in place
+        con.execute("INSERT INTO teacher_groups VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [gid, s.state_id, s.decision_date, config.name, json.dumps(weights[s.decision_date]),
+                     json.dumps(splits[s.state_id]), config.seed, datetime.now(timezone.utc)])
+        if replay.write_group(root, s.decision_date, s.pair, gid, rows[s.state_id]) is None:
+            continue
+        written += 1
+        for r in rows[s.state_id]:
+            per_teacher[r["policy_version"]] += 1
+    replay.ensure_view(con, root)
+    return {"states": len(state_ids), "groups_written": written, "rollouts_by_teacher": per_teacher,
+            "states_failed": failed, "settings": config.name}
+
+
+def torch_temperatures(sampling, size: int, generators):
+    """Each sample's temperature, drawn from its group's generator as rollouts.sample_states draws them."""
+    import torch
+
+    return torch.stack([
+        sampling.temperature - sampling.temperature_eps
+        + 2 * sampling.temperature_eps * torch.rand(size, generator=g, device=g.device).double().cpu()
+        for g in generators
+    ])

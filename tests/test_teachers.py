@@ -2,6 +2,7 @@
 computed once per date, and the seeded split of a group across teachers."""
 from __future__ import annotations
 
+import json
 import random
 from datetime import date, timedelta
 
@@ -112,3 +113,50 @@ def test_bad_settings_are_named():
         TeachersConfig(teachers=["a", "b"], reward_spec="s", temperature=0)
     with pytest.raises(ValueError, match="weights .* must be > 0 and sum to 1"):
         split_group({"a": 1.0, "b": 0.0}, 8, 0, "s")
+
+
+def test_a_group_is_split_across_teachers_and_trains_the_student(tmp_path):
+    """Two teachers (the default model under two policy versions) sample the synthetic market's states: each group
+    holds group_size rollouts of both, split as teacher_groups says; a re-run samples nothing; the student's GRPO
+    run consumes the mixed groups (their advantages over the whole group)."""
+    from hitchhiker import rewards
+    from hitchhiker.loop import _build, synthetic_setup
+    from hitchhiker.policy import PolicyConfig, load_policy
+    from hitchhiker.rollouts import SamplingConfig, group_id
+    from hitchhiker.synthetic import SyntheticMarket
+    from hitchhiker.train.config import GRPOConfig
+    from hitchhiker.batches import train_grpo
+
+    con = db.connect(tmp_path / "mixed.duckdb")
+    cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=60)
+    ids = _build(con, cfg, cfg.train_dates[:3])
+    import dataclasses
+
+    base = load_policy(PolicyConfig())  # one model under two policy versions: two teachers with one tokenizer
+    policies = {v: dataclasses.replace(base, policy_version=v) for v in ("teacher-one", "teacher-two")}
+    spec = rewards.RewardSpec()
+    tcfg = TeachersConfig(teachers=sorted(policies), reward_spec=spec.reward_spec, seed=0)
+    sampling = SamplingConfig(group_size=8, max_new_tokens=8, groups_per_batch=8, seed=0)
+    root = tmp_path / "replay"
+    out = teachers.sample_with_teachers(con, policies, ids, sampling, tcfg, root)
+    assert out["groups_written"] == len(ids) and sum(out["rollouts_by_teacher"].values()) == 8 * len(ids)
+    assert all(n > 0 for n in out["rollouts_by_teacher"].values())
+    rows = con.execute("SELECT group_id, state_id, policy_version, sample_index, rollout_id FROM replay").fetchall()
+    groups = {}
+    for gid, sid, version, k, rid in rows:
+        assert gid == group_id(sid, tcfg.name) and rid == f"{gid}-{k}"
+        groups.setdefault(gid, []).append((k, version))
+    for gid, members in groups.items():
+        assert sorted(k for k, _ in members) == list(range(8))
+        split = json.loads(con.execute("SELECT split FROM teacher_groups WHERE group_id = ?", [gid]).fetchone()[0])
+        assert {v: sum(1 for _, m in members if m == v) for v in split} == split
+    assert teachers.sample_with_teachers(con, policies, ids, sampling, tcfg, root)["groups_written"] == 0
+    rewards.compute_rewards(con, spec, root)
+    sizes = con.execute("SELECT DISTINCT group_size FROM advantages").fetchall()
+    assert sizes == [(8,)]  # one group across both teachers, not one per teacher
+    result = train_grpo(con, GRPOConfig(finetune="full", groups_per_step=len(ids), groups_per_micro_batch=len(ids),
+                                        learning_rate=1e-4, reward_spec=spec.reward_spec),
+                        tmp_path / "student")
+    assert result.checkpoint_id and con.execute("SELECT len(groups_used) FROM checkpoints WHERE checkpoint_id = ?",
+                                                [result.checkpoint_id]).fetchone()[0] == len(ids)
+    con.close()

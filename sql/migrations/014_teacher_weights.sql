@@ -43,3 +43,15 @@ JOIN (
     FROM rewards
     GROUP BY group_id, reward_spec
 ) AS g USING (group_id, reward_spec);
+-- One row per group sampled across teachers: the weights and the split it was drawn with, so that every draw can be
+-- replayed (teachers.split_group(weights, group_size, seed, state_id) gives the same split).
+CREATE TABLE IF NOT EXISTS teacher_groups (
+    group_id       VARCHAR     PRIMARY KEY,   -- replay.group_id: rollouts.group_id(state_id, settings)
+    state_id       VARCHAR     NOT NULL,
+    decision_date  DATE        NOT NULL,
+    settings       VARCHAR     NOT NULL,      -- TeachersConfig.name (teacher_weights.settings)
+    weights        JSON        NOT NULL,      -- {teacher: weight} of the date
+    split          JSON        NOT NULL,      -- {teacher: samples drawn}
+    seed           INTEGER     NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL
+);
