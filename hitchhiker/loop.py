@@ -70,6 +70,11 @@ class LoopConfig:
     sampling: SamplingConfig = field(default_factory=_default_sampling)
     grpo: GRPOConfig = field(default_factory=_default_grpo)
     reward: RewardSpec = field(default_factory=RewardSpec)
+    # Teachers (issue 21): {policy_version: checkpoint id, folder or 'base'} whose samples, split by the teachers'
+    # weights (teachers.TeachersConfig: weighting; its teachers and reward_spec are filled from here), make the groups
+    # the student trains on, instead of the student's own samples. None: the student samples itself.
+    teachers: dict[str, str] | None = None
+    teacher_weighting: dict = field(default_factory=dict)  # TeachersConfig fields: half_life_dates, floor, ...
 
 
 @dataclass
@@ -122,20 +127,29 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
             on_iteration(row)
 
     evaluate(0, {"checkpoint_id": None})
+    mixed = _teachers(con, config) if config.teachers else None
     per_date = None
     for it in range(1, config.iterations + 1):
         t0 = time.perf_counter()
         ids, per_date = _iteration_states(con, config, it, per_date)
         if config.states.mode != contract.ELEMENTWISE:
             check_training_exits(con, ids, config)
-        current = policy()
         t1 = time.perf_counter()
-        sampled = rollouts.generate(con, current, ids, config.sampling, replay_root)
+        if mixed is None:
+            current = policy()
+            sampled = rollouts.generate(con, current, ids, config.sampling, replay_root)
+            key, version = current.policy_version, current.policy_version
+        else:
+            from hitchhiker.teachers import sample_with_teachers
+
+            sampled = sample_with_teachers(con, mixed[0], ids, config.sampling, mixed[1], replay_root)
+            sampled["valid_rate"] = _valid_rate(con, ids, mixed[1].name)
+            key, version = mixed[1].name, None
         t2 = time.perf_counter()
         # the spec name returned, not recomputed: it hashes sql/rewards.sql, which a user may edit mid-run
         spec_name = compute_rewards(con, config.reward, replay_root)["reward_spec"]
-        wanted = {rollouts.group_id(s, current.policy_version) for s in ids}
-        groups = [g for g in load_groups(con, spec_name, config.grpo.advantage_column, current.policy_version) if g.group_id in wanted]
+        wanted = {rollouts.group_id(s, key) for s in ids}
+        groups = [g for g in load_groups(con, spec_name, config.grpo.advantage_column, version) if g.group_id in wanted]
         t3 = time.perf_counter()
         grpo = GRPOConfig(**{**config.grpo.__dict__, "reward_spec": spec_name})
         result = train_grpo(con, grpo, out_dir / f"iter{it:04d}", groups=groups, parent_id=checkpoint_id,
@@ -160,6 +174,32 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
     writer.close()
     assert checkpoint_id is None or registry.get(con, checkpoint_id)
     return LoopResult(checkpoint_id, history, str(out_dir), iterations)
+
+
+def _teachers(con, config: LoopConfig):
+    """({policy_version: Policy}, TeachersConfig) of the loop's teachers, loaded once."""
+    from hitchhiker.policy import PolicyConfig, load_policy
+    from hitchhiker.rollouts import resolve_checkpoint
+    from hitchhiker.teachers import TeachersConfig
+
+    policies = {}
+    for version, source in config.teachers.items():
+        if source == "base":
+            policy = load_policy(PolicyConfig(model=config.model))
+        else:
+            path, checkpoint_id = resolve_checkpoint(con, source)
+            policy = load_policy(PolicyConfig(model=config.model, checkpoint=path, checkpoint_id=checkpoint_id))
+        policies[version] = dataclasses.replace(policy, policy_version=version)
+    weighting = TeachersConfig(teachers=sorted(policies), reward_spec=config.reward.reward_spec,
+                               **{"seed": config.seed, **config.teacher_weighting})
+    return policies, weighting
+
+
+def _valid_rate(con, state_ids: list[str], key: str) -> float | None:
+    from hitchhiker.rollouts import group_id
+
+    gids = [group_id(s, key) for s in state_ids]
+    return con.execute("SELECT avg(valid::INT) FROM replay WHERE list_contains(?, group_id)", [gids]).fetchone()[0]
 
 
 def outcomes(con, state_ids: list[str], spec: RewardSpec = RewardSpec()) -> dict[str, tuple[float, ...]]:

@@ -160,3 +160,22 @@ def test_a_group_is_split_across_teachers_and_trains_the_student(tmp_path):
     assert result.checkpoint_id and con.execute("SELECT len(groups_used) FROM checkpoints WHERE checkpoint_id = ?",
                                                 [result.checkpoint_id]).fetchone()[0] == len(ids)
     con.close()
+
+
+def test_the_loop_trains_a_student_on_its_teachers_groups(tmp_path):
+    from hitchhiker.loop import run_loop, synthetic_setup
+    from hitchhiker.synthetic import SyntheticMarket
+
+    con = db.connect(tmp_path / "loop.duckdb")
+    cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=20, iterations=2, eval_every=2,
+                          states_per_iteration=8)
+    cfg.teachers = {"first": "base", "second": "base"}
+    res = run_loop(con, cfg, tmp_path / "loop", tmp_path / "replay")
+    assert len(res.iterations) == 2 and res.checkpoint_id
+    versions = dict(con.execute("SELECT policy_version, count(*) FROM replay GROUP BY 1").fetchall())
+    assert set(versions) == {"first", "second"} and sum(versions.values()) == 2 * 8 * cfg.sampling.group_size
+    used = con.execute("SELECT groups_used FROM checkpoints ORDER BY created_at").fetchall()
+    groups = {g for (gs,) in used for g in gs}
+    assert groups == {g for (g,) in con.execute("SELECT group_id FROM teacher_groups").fetchall()}
+    assert con.execute("SELECT count(DISTINCT decision_date) FROM teacher_weights").fetchone()[0] >= 2
+    con.close()
