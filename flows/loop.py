@@ -16,7 +16,7 @@ from flows.slots import store_slot
 def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: int, train_start: str | None,
                    train_end: str | None, eval_start: str | None, eval_end: str | None, model: str | None,
                    eval_every: int, out_dir: str | None, policy: str = "llm", mode: str = "pairwise",
-                   list_size: int = 4) -> dict:
+                   list_size: int = 4, teachers: dict[str, str] | None = None) -> dict:
     """Run the loop; returns the last checkpoint id and the evaluation rows (small numbers)."""
     from pathlib import Path
 
@@ -33,15 +33,18 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
                                  out_dir, progress)
             cfg = loop_config(con, synthetic=synthetic, mode=mode, list_size=list_size, seed=seed,
                               train_start=train_start, train_end=train_end, eval_start=eval_start, eval_end=eval_end,
-                              iterations=iterations, model=model, eval_every=eval_every)
+                              iterations=iterations, model=model, eval_every=eval_every, teachers=teachers)
             out = Path(out_dir) if out_dir else db.beside(db_path, "loop")
             res = run_loop(con, cfg, out, default_root(db_path),
                            on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
+            weights = con.execute(db.sql_text("teachers/over_time"), [None]).fetchall() if teachers else []
         finally:
             con.close()
     rows = [{k: h[k] for k in ("iteration", "seconds", "accuracy", "valid_rate", "n", "n_unpriced", "p_value", "checkpoint_id")}
             for h in res.history]
-    return {"checkpoint_id": res.checkpoint_id, "history": rows, "out_dir": res.out_dir}
+    weight_rows = [{"decision_date": d.isoformat(), "teacher": t, "weight": w, "score": sc, "forced": f}
+                   for d, t, w, sc, f, _ in weights]
+    return {"checkpoint_id": res.checkpoint_id, "history": rows, "out_dir": res.out_dir, "teacher_weights": weight_rows}
 
 
 def _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, out_dir, progress) -> dict:
@@ -71,13 +74,16 @@ def _run_beta(con, db_path, iterations, synthetic, seed, train_start, train_end,
 def loop_flow(iterations: int = 10, db: str | None = None, synthetic: bool = False, seed: int = 0,
               train_start: str | None = None, train_end: str | None = None, eval_start: str | None = None,
               eval_end: str | None = None, model: str | None = None, eval_every: int = 5, out_dir: str | None = None,
-              policy: str = "llm", mode: str = "pairwise", list_size: int = 4) -> dict:
+              policy: str = "llm", mode: str = "pairwise", list_size: int = 4,
+              teachers: dict[str, str] | None = None) -> dict:
     """`hitchhiker loop` as a flow: N iterations, held-out greedy accuracy (listwise: pair-ordering accuracy; policy
-    'beta-head': the Beta head's held-out mean reward beside the random baseline's) as a table artifact."""
+    'beta-head': the Beta head's held-out mean reward beside the random baseline's) as a table artifact.
+    teachers: {policy_version: checkpoint id, folder or 'base'}: the student trains on their groups (issue 21); the
+    teachers' weights per date become a second table artifact."""
     if policy not in ("llm", "beta-head"):
         raise ValueError(f"policy {policy!r} is not 'llm' or 'beta-head'")
     out = run_iterations(db, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, model, eval_every,
-                         out_dir, policy, mode, list_size)
+                         out_dir, policy, mode, list_size, teachers)
     if policy == "beta-head":
         create_table_artifact(table=out["history"], key="loop-beta-head", description="held-out mean reward_usd")
         last = out["history"][-1]
@@ -88,6 +94,9 @@ def loop_flow(iterations: int = 10, db: str | None = None, synthetic: bool = Fal
                 "random_mean_reward_usd": last["random_mean_reward_usd"], "out_dir": out["out_dir"],
                 "report_path": out["report_path"]}
     create_table_artifact(table=out["history"], key="loop-accuracy", description=f"held-out greedy {mode} accuracy")
+    if out["teacher_weights"]:
+        create_table_artifact(table=out["teacher_weights"], key="loop-teacher-weights",
+                              description="teachers' weights per decision date (sql/teachers/over_time.sql)")
     last = out["history"][-1]
     get_run_logger().info("loop: accuracy %.3f after %d iterations; checkpoint %s", last["accuracy"], last["iteration"], out["checkpoint_id"])
     return {"checkpoint_id": out["checkpoint_id"], "accuracy": last["accuracy"], "out_dir": out["out_dir"]}

@@ -354,6 +354,9 @@ def _add_loop(sub, parent) -> None:
     p.add_argument("--mode", default="pairwise", choices=["pairwise", "listwise"],
                    help="listwise: rank baskets (with --synthetic: the market of triples, K = 3); accuracy = pairs ordered")
     p.add_argument("--list-size", type=int, default=4, help="listwise without --synthetic: stocks per basket (3-8)")
+    p.add_argument("--teacher", action="append", default=None, metavar="NAME=SOURCE",
+                   help="train on groups sampled by teachers, split by their reward-driven weights (repeat it; SOURCE: "
+                        "a checkpoint id, a folder or 'base')")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--out", default=None, help="run folder (default: <db stem>_loop/)")
     p.add_argument("--policy", default="llm", choices=["llm", "beta-head"],
@@ -377,7 +380,8 @@ def _cmd_loop(args) -> int:
         cfg = loop_config(con, synthetic=args.synthetic, mode=args.mode, list_size=args.list_size, seed=args.seed,
                           train_start=args.train_start, train_end=args.train_end, eval_start=args.eval_start,
                           eval_end=args.eval_end, tickers=_csv_list(args.tickers) if args.tickers else None,
-                          iterations=args.iterations, model=args.model, eval_every=args.eval_every)
+                          iterations=args.iterations, model=args.model, eval_every=args.eval_every,
+                          teachers=_teachers(args.teacher))
         cfg.grpo.finetune = args.finetune
         cfg.sampling = dataclasses.replace(cfg.sampling, backend=args.backend)
         cfg.states = dataclasses.replace(cfg.states, style=args.style)
@@ -390,6 +394,15 @@ def _cmd_loop(args) -> int:
         con.close()
     print(f"last checkpoint: {res.checkpoint_id}; TensorBoard logs: {Path(res.out_dir) / 'tensorboard'}")
     return 0
+
+
+def _teachers(given: list[str] | None) -> dict[str, str] | None:
+    if not given:
+        return None
+    bad = [t for t in given if "=" not in t or not t.split("=", 1)[0] or not t.split("=", 1)[1]]
+    if bad:
+        raise ValueError(f"--teacher {bad[0]!r}: give NAME=SOURCE (SOURCE: a checkpoint id, a folder or 'base')")
+    return dict(t.split("=", 1) for t in given)
 
 
 def _cmd_loop_beta(args) -> int:

@@ -179,3 +179,28 @@ def test_the_loop_trains_a_student_on_its_teachers_groups(tmp_path):
     assert groups == {g for (g,) in con.execute("SELECT group_id FROM teacher_groups").fetchall()}
     assert con.execute("SELECT count(DISTINCT decision_date) FROM teacher_weights").fetchone()[0] >= 2
     con.close()
+
+
+def test_loop_cli_and_flow_take_teachers(tmp_path, prefect_harness):
+    import os
+    import subprocess
+    import sys
+
+    from flows.loop import loop_flow
+
+    exe = [sys.executable, "-m", "hitchhiker.cli", "loop", "--synthetic", "--iterations", "1", "--eval-every", "1"]
+    p = subprocess.run(exe + ["--db", str(tmp_path / "cli.duckdb"), "--teacher", "one=base", "--teacher", "two=base"],
+                       capture_output=True, text=True, timeout=900, env=os.environ)
+    assert p.returncode == 0, p.stderr[-3000:]
+    con = db.connect(tmp_path / "cli.duckdb", read_only=True)
+    assert {v for (v,) in con.execute("SELECT DISTINCT policy_version FROM replay").fetchall()} == {"one", "two"}
+    con.close()
+    p = subprocess.run(exe + ["--db", str(tmp_path / "bad.duckdb"), "--teacher", "one"], capture_output=True, text=True,
+                       timeout=900, env=os.environ)
+    assert p.returncode != 0 and "--teacher 'one': give NAME=SOURCE" in p.stderr
+    out = loop_flow(iterations=1, db=str(tmp_path / "flow.duckdb"), synthetic=True, eval_every=1,
+                    teachers={"one": "base", "two": "base"})
+    assert out["checkpoint_id"].startswith("grpo-")
+    con = db.connect(tmp_path / "flow.duckdb", read_only=True)
+    assert con.execute("SELECT count(DISTINCT teacher) FROM teacher_weights").fetchone()[0] == 2
+    con.close()
