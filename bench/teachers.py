@@ -4,8 +4,8 @@ their rewards, than from its own samples?
 On the synthetic market (couples whose 5-day trend decides the next session): a teacher is trained by the learning
 loop until its held-out accuracy reaches 0.9; then, from the default small model and the same seeds, two students
 run the loop until their held-out greedy accuracy reaches 0.8 (p < 0.001 on >= 200 states): one sampling its own
-groups (the baseline: the loop as it is), one trained on groups split between the trained teacher and the untrained
-base model by the teachers' weights (hitchhiker.teachers). Prints both curves and the trained teacher's weight per
+groups (the baseline: the loop as it is), one trained on groups split between the trained teacher, the untrained
+base model and itself by the teachers' weights (hitchhiker.teachers). Prints both curves and the trained teacher's weight per
 date, then `RESULT teachers ratio=<iterations self-only / iterations mixed> target=>=1.0`.
 
     .venv/bin/python bench/teachers.py [--seed 0] [--max-iterations 80]
@@ -59,7 +59,7 @@ def main() -> int:
         self_it, self_curve, _, _ = _loop(work, "self", args.seed, args.max_iterations, TARGET)
         print(f"student, own samples: {TARGET} at iteration {self_it}; curve {self_curve}", flush=True)
         mixed_it, mixed_curve, weights, _ = _loop(work, "mixed", args.seed, args.max_iterations, TARGET,
-                                                  teachers={"trained": teacher, "untrained": "base"})
+                                                  teachers={"trained": teacher, "untrained": "base", "self": "self"})
         print(f"student, teachers' samples: {TARGET} at iteration {mixed_it}; curve {mixed_curve}", flush=True)
         print("trained teacher's weight by date:", [w for _, t, w in weights if t == "trained"])
     self_it = self_it or args.max_iterations + 1  # not reached: counted as one more than the run

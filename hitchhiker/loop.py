@@ -32,6 +32,9 @@ def _default_states() -> StatesConfig:
     return StatesConfig(mode=contract.PAIRWISE, style="trend", max_pairs_per_date=20)
 
 
+SELF = "self"  # a teacher source: the student itself, at its current checkpoint
+
+
 def _listwise_states() -> StatesConfig:
     """The synthetic listwise market's states: one basket per triple and date, its trend words only."""
     return StatesConfig(mode=contract.LISTWISE, style="trend", list_size=3, max_lists_per_date=1)
@@ -70,7 +73,7 @@ class LoopConfig:
     sampling: SamplingConfig = field(default_factory=_default_sampling)
     grpo: GRPOConfig = field(default_factory=_default_grpo)
     reward: RewardSpec = field(default_factory=RewardSpec)
-    # Teachers (issue 21): {policy_version: checkpoint id, folder or 'base'} whose samples, split by the teachers'
+    # Teachers (issue 21): {policy_version: checkpoint id, folder, 'base' or 'self'} whose samples, split by the teachers'
     # weights (teachers.TeachersConfig: weighting; its teachers and reward_spec are filled from here), make the groups
     # the student trains on, instead of the student's own samples. None: the student samples itself.
     teachers: dict[str, str] | None = None
@@ -140,11 +143,15 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
             sampled = rollouts.generate(con, current, ids, config.sampling, replay_root)
             key, version = current.policy_version, current.policy_version
         else:
-            from hitchhiker.teachers import sample_with_teachers
+            from hitchhiker.teachers import group_key, sample_with_teachers
 
-            sampled = sample_with_teachers(con, mixed[0], ids, config.sampling, mixed[1], replay_root)
-            sampled["valid_rate"] = _valid_rate(con, ids, mixed[1].name)
-            key, version = mixed[1].name, None
+            teachers, weighting = mixed
+            student = checkpoint_id or "start"
+            if SELF in teachers:  # the student samples its share too: its current checkpoint, a new round each time
+                teachers = {**teachers, SELF: dataclasses.replace(policy(), policy_version=SELF)}
+            sampled = sample_with_teachers(con, teachers, ids, config.sampling, weighting, replay_root, round_key=student)
+            key, version = group_key(weighting, student), None
+            sampled["valid_rate"] = _valid_rate(con, ids, key)
         t2 = time.perf_counter()
         # the spec name returned, not recomputed: it hashes sql/rewards.sql, which a user may edit mid-run
         spec_name = compute_rewards(con, config.reward, replay_root)["reward_spec"]
@@ -177,13 +184,19 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
 
 
 def _teachers(con, config: LoopConfig):
-    """({policy_version: Policy}, TeachersConfig) of the loop's teachers, loaded once."""
+    """({policy_version: Policy}, TeachersConfig) of the loop's teachers, loaded once (the student's own share,
+    teacher 'self', is loaded at each iteration)."""
     from hitchhiker.policy import PolicyConfig, load_policy
     from hitchhiker.rollouts import resolve_checkpoint
     from hitchhiker.teachers import TeachersConfig
 
     policies = {}
     for version, source in config.teachers.items():
+        if source == SELF:
+            if version != SELF:
+                raise ValueError(f"teacher {version!r}: the student samples as teacher 'self' (give self=self)")
+            policies[version] = None  # loaded each iteration: the student's current checkpoint
+            continue
         if source == "base":
             policy = load_policy(PolicyConfig(model=config.model))
         else:

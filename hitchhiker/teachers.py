@@ -108,13 +108,14 @@ def split_group(weights: dict[str, float], group_size: int, seed: int, state_id:
 
 
 def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_ids: list[str], sampling,
-                         config: TeachersConfig, root) -> dict:
+                         config: TeachersConfig, root, round_key: str = "") -> dict:
     """Sample one group per state, its `sampling.group_size` samples split across the teachers by the date's weights.
 
     policies: {policy_version: loaded Policy} for every teacher of `config` (they must share one tokenizer: the
     student trains on the teachers' token ids, scored against each row's stored behaviour log-probs, the truncated
-    importance ratio it already applies to stale samples). A group's id is rollouts.group_id(state_id, config.name):
-    a re-run finds it and samples nothing. Each rollout row is its teacher's (policy_version, prompt_ids, token
+    importance ratio it already applies to stale samples). A group's id is rollouts.group_id(state_id, key) with key
+    `group_key(config, round_key)` (round_key: what makes a new round of the same state, e.g. the student's version
+    when it is a teacher too): a re-run of a round finds its groups and samples nothing. Each rollout row is its teacher's (policy_version, prompt_ids, token
     log-probs); the weights and the split go to `teacher_groups`. Returns counts and the rows written per teacher.
     """
     import dataclasses
@@ -130,9 +131,10 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
     for v in config.teachers[1:]:
         if vocabs[v] != vocabs[first]:
             raise ValueError(f"teacher {v!r} has another tokenizer than {first!r}: teachers must share one")
+    key = group_key(config, round_key)
     replay.ensure_view(con, root)
     states = [s for s in load_states(con, state_ids)
-              if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, config.name))]
+              if not replay.has_group(root, s.decision_date, s.pair, group_id(s.state_id, key))]
     weights = {d: {r["teacher"]: r["weight"] for r in update_weights(con, d, config)}
                for d in sorted({s.decision_date for s in states})}
     splits = {s.state_id: split_group(weights[s.decision_date], sampling.group_size, config.seed, s.state_id)
@@ -147,7 +149,7 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
                   for s in mine}
         for batch in _batches([s for s in mine if s.state_id in prompt_of], prompt_of, sampling.groups_per_batch):
             size = max(splits[s.state_id][teacher] for s in batch)
-            gids = [group_id(s.state_id, config.name) for s in batch]
+            gids = [group_id(s.state_id, key) for s in batch]
             generators = [group_generator(sampling.seed, f"{g}\x1f{teacher}", policy.device) for g in gids]
             temperatures = torch_temperatures(sampling, size, generators)
             samples = sample_token_groups(policy, [prompt_of[s.state_id] for s in batch], temperatures, generators,
@@ -162,7 +164,7 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
     for s in states:
         if s.state_id in failed or len(rows[s.state_id]) != sampling.group_size:
             continue
-        gid = group_id(s.state_id, config.name)
+        gid = group_id(s.state_id, key)
         # the draw first: a kill before the file leaves a row that the re-run's identical draw finds in place
         con.execute("INSERT INTO teacher_groups VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [gid, s.state_id, s.decision_date, config.name, json.dumps(weights[s.decision_date]),
@@ -175,6 +177,11 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
     replay.ensure_view(con, root)
     return {"states": len(state_ids), "groups_written": written, "rollouts_by_teacher": per_teacher,
             "states_failed": failed, "settings": config.name}
+
+
+def group_key(config: TeachersConfig, round_key: str = "") -> str:
+    """The policy-version slot of rollouts.group_id for a group sampled across teachers."""
+    return f"{config.name}\x1f{round_key}" if round_key else config.name
 
 
 def torch_temperatures(sampling, size: int, generators):

@@ -169,11 +169,11 @@ def test_the_loop_trains_a_student_on_its_teachers_groups(tmp_path):
     con = db.connect(tmp_path / "loop.duckdb")
     cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=20, iterations=2, eval_every=2,
                           states_per_iteration=8)
-    cfg.teachers = {"first": "base", "second": "base"}
+    cfg.teachers = {"first": "base", "self": "self"}  # an untrained teacher and the student's own share
     res = run_loop(con, cfg, tmp_path / "loop", tmp_path / "replay")
     assert len(res.iterations) == 2 and res.checkpoint_id
     versions = dict(con.execute("SELECT policy_version, count(*) FROM replay GROUP BY 1").fetchall())
-    assert set(versions) == {"first", "second"} and sum(versions.values()) == 2 * 8 * cfg.sampling.group_size
+    assert set(versions) == {"first", "self"} and sum(versions.values()) == 2 * 8 * cfg.sampling.group_size
     used = con.execute("SELECT groups_used FROM checkpoints ORDER BY created_at").fetchall()
     groups = {g for (gs,) in used for g in gs}
     assert groups == {g for (g,) in con.execute("SELECT group_id FROM teacher_groups").fetchall()}
