@@ -17,33 +17,4 @@ CREATE TABLE IF NOT EXISTS judgements (
 ALTER TABLE rewards ADD COLUMN judge_label TINYINT;
 ALTER TABLE rewards ADD COLUMN shaped_reward_usd DOUBLE;
 UPDATE rewards SET shaped_reward_usd = reward_usd;
--- The view `advantages`, identical to sql/advantages.sql (tested), now over shaped_reward_usd.
-CREATE OR REPLACE VIEW advantages AS
-SELECT
-    r.rollout_id,
-    r.group_id,
-    r.state_id,
-    r.policy_version,
-    r.reward_spec,
-    r.decision_date,
-    r.reward_usd,
-    r.shaped_reward_usd,
-    (r.shaped_reward_usd - g.group_mean_usd) / (g.group_std_usd + 1e-4) AS advantage,
-    r.shaped_reward_usd - g.group_mean_usd AS advantage_drgrpo,
-    g.group_size,
-    g.zero_variance,
-    g.group_mean_usd,
-    g.group_std_usd
-FROM rewards AS r
-JOIN (
-    SELECT
-        state_id,
-        policy_version,
-        reward_spec,
-        avg(shaped_reward_usd) AS group_mean_usd,
-        coalesce(stddev_samp(shaped_reward_usd), 0.0) AS group_std_usd,
-        count(*) AS group_size,
-        min(shaped_reward_usd) = max(shaped_reward_usd) AS zero_variance
-    FROM rewards
-    GROUP BY state_id, policy_version, reward_spec
-) AS g USING (state_id, policy_version, reward_spec);
+-- The view `advantages` moves to shaped_reward_usd in migration 014 (with its grouping by group_id).

@@ -13,8 +13,9 @@ CREATE TABLE IF NOT EXISTS teacher_weights (
     computed_at    TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (decision_date, teacher, settings)
 );
--- Teachers split one group across policy versions: the view `advantages` now groups by group_id (identical to
--- sql/advantages.sql, tested). Old groups are unchanged: their group_id was sha256(state_id, policy_version).
+-- Teachers split one group across policy versions: the view `advantages` now groups by group_id, and (migration 013)
+-- is relative to shaped_reward_usd (identical to sql/advantages.sql, tested). Old groups are unchanged: their
+-- group_id was sha256(state_id, policy_version), and their shaped reward is their reward.
 CREATE OR REPLACE VIEW advantages AS
 SELECT
     r.rollout_id,
