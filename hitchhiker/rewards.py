@@ -218,12 +218,17 @@ def compute_rewards(con: duckdb.DuckDBPyConnection, spec: RewardSpec = RewardSpe
             raise ValueError(f"replay: rollout_id(s) stored more than once, e.g. {', '.join(repeated)}")
         n_unpriceable, unpriceable = _leave_out_bad_decisions(con)
         con.execute("CREATE OR REPLACE TEMP VIEW reward_rows AS " + db.sql_text("rewards"))
+        con.execute("CREATE OR REPLACE TEMP VIEW judged_rows AS " + (
+            "SELECT r.*, j.label AS judge_label FROM reward_rows AS r JOIN judgements AS j "
+            "ON j.rollout_id = r.decision_id AND j.judge = getvariable('reward_judge')" if spec.judge is not None
+            else "SELECT *, CAST(NULL AS TINYINT) AS judge_label FROM reward_rows"))
         inserted = con.execute(db.sql_text("rewards/insert")).fetchall()[0][0] if pending else 0
         if inserted + n_unpriceable < pending:
             n_errors, errors = _market_errors(con, computed_at, spec)
             n_unpriceable += n_errors
             unpriceable.update(errors)
         total = con.execute("SELECT count(*) FROM rewards WHERE reward_spec = ?", [spec.reward_spec]).fetchall()[0][0]
+        con.execute("DROP VIEW judged_rows")
         con.execute("DROP VIEW reward_rows")
         con.execute("DROP TABLE decisions")
         con.execute("DROP TABLE decision_markets")

@@ -2,9 +2,10 @@
 -- sql/rewards/pending.sql and pending_markets.sql; pending.sql already leaves out every rollout rewarded under this
 -- spec: the anti-join makes a re-run change nothing, and compute_rewards has checked that no rollout_id repeats).
 -- A plain append: `rewards` has no index to maintain (see sql/migrations/004_rewards.sql).
--- Under a spec with a judge (getvariable('reward_judge'), its versioned name), a decision is stored only with its
--- judgement (compute_rewards judges the pending rollouts first), and shaped_reward_usd = reward_usd +
--- reward_judge_shift_usd * label; without one, judge_label is NULL and shaped_reward_usd = reward_usd.
+-- It reads the temp view `judged_rows`: reward_rows with their judge_label. Under a spec with a judge
+-- (compute_rewards judges the pending rollouts first) only the judged decisions, and shaped_reward_usd = reward_usd +
+-- reward_judge_shift_usd * label; without one, reward_rows as they are (no join: the rows keep their order, hence
+-- the advantages' sums theirs), judge_label NULL and shaped_reward_usd = reward_usd.
 INSERT INTO rewards BY NAME
 SELECT
     decision_id                         AS rollout_id,
@@ -31,9 +32,7 @@ SELECT
     weights,
     leg_returns,
     judge_label,
-    reward_usd + coalesce(getvariable('reward_judge_shift_usd') * judge_label, 0.0) AS shaped_reward_usd,
+    CASE WHEN judge_label IS NULL THEN reward_usd
+         ELSE reward_usd + getvariable('reward_judge_shift_usd') * judge_label END AS shaped_reward_usd,
     getvariable('reward_computed_at')   AS computed_at
-FROM reward_rows
-LEFT JOIN (SELECT rollout_id AS judged_id, label AS judge_label FROM judgements
-           WHERE judge = getvariable('reward_judge')) AS j ON j.judged_id = reward_rows.decision_id
-WHERE getvariable('reward_judge') IS NULL OR judge_label IS NOT NULL
+FROM judged_rows
