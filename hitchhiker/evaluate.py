@@ -383,7 +383,7 @@ def _score(f: pd.DataFrame, config: EvalConfig, cf, state_by_id, ret_by_id, univ
         g["agreement_rate"] = g["extrapolation"]["agreement_rate"]
     claims = unsupported = None
     if is_model:
-        checks = [grounding.check(t or "", _prompt_text(state_by_id.loc[s, "messages"]), state_by_id.loc[s, "features"], universe)
+        checks = [grounding.check(t or "", grounding.prompt_text(state_by_id.loc[s, "messages"]), state_by_id.loc[s, "features"], universe)
                   for s, t in zip(f["state_id"], f["advisory_text"])]
         claims, unsupported = [c.n_claims for c in checks], [c.n_unsupported for c in checks]
         g.update(unsupported_rate=grounding.unsupported_rate(checks), n_claims=int(sum(claims)))
@@ -420,10 +420,6 @@ def _anonymization_note(summary: dict) -> str:
     return (f"{n} of {summary['n_decisions']} decisions ({share:.1%}) showed headlines that could not be fully "
             "anonymized (no company name recorded for that stock): record the names with `hitchhiker ingest names` "
             "and rebuild the states; the promotion gate refuses such a window")
-
-
-def _prompt_text(messages_json: str) -> str:
-    return "\n".join(m.get("content", "") for m in json.loads(messages_json))
 
 
 def _run_id(candidate, others, start, end, config, spec_name, states) -> str:

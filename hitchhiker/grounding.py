@@ -96,6 +96,11 @@ def check(advisory_text: str, prompt_text: str, features: dict | str | None = No
     return out
 
 
+def prompt_text(messages_json: str) -> str:
+    """A state's chat messages (its `messages` JSON) as the one text the checks read."""
+    return "\n".join(m.get("content", "") for m in json.loads(messages_json))
+
+
 def unsupported_rate(groundings: Sequence[Grounding]) -> float:
     """Unsupported claims / all claims over many advisory texts (NaN when nobody claimed anything)."""
     total = sum(g.n_claims for g in groundings)

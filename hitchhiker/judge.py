@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -156,7 +155,7 @@ def judge_rollouts(con: duckdb.DuckDBPyConnection, judge: str, replay_root=None)
     universe = [t for (t,) in con.execute("SELECT DISTINCT ticker FROM prices").fetchall()]
     rows = []
     for r in todo.itertuples(index=False):
-        prompt = "\n".join(m.get("content", "") for m in json.loads(r.messages))
+        prompt = grounding.prompt_text(r.messages)
         j = lm(prompt, r.completion or "") if lm else grounding_judgement(
             r.completion, r.mode, prompt, r.features, universe, len(r.tickers) if r.mode == contract.LISTWISE else None)
         rows.append((r.rollout_id, name, j.label, j.reason, r.decision_date))

@@ -151,7 +151,6 @@ def run_loop(con, config: LoopConfig, out_dir: str | Path, replay_root: str | Pa
                 teachers = {**teachers, SELF: dataclasses.replace(policy(), policy_version=SELF)}
             sampled = sample_with_teachers(con, teachers, ids, config.sampling, weighting, replay_root, round_key=student)
             key, version = group_key(weighting, student), None
-            sampled["valid_rate"] = _valid_rate(con, ids, key)
         t2 = time.perf_counter()
         # the spec name returned, not recomputed: it hashes sql/rewards.sql, which a user may edit mid-run
         spec_name = compute_rewards(con, config.reward, replay_root)["reward_spec"]
@@ -206,13 +205,6 @@ def _teachers(con, config: LoopConfig):
     weighting = TeachersConfig(teachers=sorted(policies), reward_spec=config.reward.reward_spec,
                                **{"seed": config.seed, **config.teacher_weighting})
     return policies, weighting
-
-
-def _valid_rate(con, state_ids: list[str], key: str) -> float | None:
-    from hitchhiker.rollouts import group_id
-
-    gids = [group_id(s, key) for s in state_ids]
-    return con.execute("SELECT avg(valid::INT) FROM replay WHERE list_contains(?, group_id)", [gids]).fetchone()[0]
 
 
 def outcomes(con, state_ids: list[str], spec: RewardSpec = RewardSpec()) -> dict[str, tuple[float, ...]]:

@@ -236,11 +236,7 @@ def sample_states(policy, states: list[State], config: SamplingConfig, root, pro
         gids = [group_id(s.state_id, policy.policy_version) for s in batch]
         prompts = [prompt_of[s.state_id] for s in batch]
         generators = [group_generator(config.seed, g, policy.device) for g in gids]
-        temperatures = torch.stack([
-            config.temperature - config.temperature_eps
-            + 2 * config.temperature_eps * torch.rand(config.group_size, generator=g, device=g.device).double().cpu()
-            for g in generators
-        ])
+        temperatures = sample_temperatures(config, config.group_size, generators)
         samples = sampler(policy, prompts, temperatures, generators, config)
         now = datetime.now(timezone.utc)
         for state, gid, prompt, temps, group in zip(batch, gids, prompts, temperatures.tolist(), samples):
@@ -324,6 +320,15 @@ def _row(policy, state: State, gid: str, prompt: list[int], k: int, temperature:
         "invalid_reason": parsed.invalid_reason,
         "created_at": now,
     }
+
+
+def sample_temperatures(config: SamplingConfig, size: int, generators: list[torch.Generator]) -> torch.Tensor:
+    """(groups, size) temperatures, each group's drawn from its own generator in [t - eps, t + eps]."""
+    return torch.stack([
+        config.temperature - config.temperature_eps
+        + 2 * config.temperature_eps * torch.rand(size, generator=g, device=g.device).double().cpu()
+        for g in generators
+    ])
 
 
 def group_generator(seed: int, gid: str, device: torch.device = torch.device("cpu")) -> torch.Generator:

@@ -122,7 +122,7 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
 
     from hitchhiker import replay
     from hitchhiker.rollouts import _batches, _prompt_or_failure, _row, group_generator, group_id, load_states, \
-        sample_token_groups
+        sample_temperatures, sample_token_groups
 
     if sorted(policies) != sorted(config.teachers):
         raise ValueError(f"policies {sorted(policies)} are not the teachers {sorted(config.teachers)}")
@@ -151,7 +151,7 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
             size = max(splits[s.state_id][teacher] for s in batch)
             gids = [group_id(s.state_id, key) for s in batch]
             generators = [group_generator(sampling.seed, f"{g}\x1f{teacher}", policy.device) for g in gids]
-            temperatures = torch_temperatures(sampling, size, generators)
+            temperatures = sample_temperatures(sampling, size, generators)
             samples = sample_token_groups(policy, [prompt_of[s.state_id] for s in batch], temperatures, generators,
                                           dataclasses.replace(sampling, group_size=size))
             now = datetime.now(timezone.utc)
@@ -160,7 +160,7 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
                 rows[state.state_id] += [
                     _row(policy, state, gid, prompt_of[state.state_id], offset[state.state_id] + k, t, sampling.top_p,
                          ids, lps, now) for k, (t, (ids, lps)) in enumerate(zip(temps[:n], group[:n]))]
-    written, per_teacher = 0, {t: 0 for t in config.teachers}
+    written, n_valid, per_teacher = 0, 0, {t: 0 for t in config.teachers}
     for s in states:
         if s.state_id in failed or len(rows[s.state_id]) != sampling.group_size:
             continue
@@ -174,8 +174,11 @@ def sample_with_teachers(con: duckdb.DuckDBPyConnection, policies: dict, state_i
         written += 1
         for r in rows[s.state_id]:
             per_teacher[r["policy_version"]] += 1
+            n_valid += r["valid"]
     replay.ensure_view(con, root)
+    n_rows = sum(per_teacher.values())
     return {"states": len(state_ids), "groups_written": written, "rollouts_by_teacher": per_teacher,
+            "valid_rate": n_valid / n_rows if n_rows else None,
             "states_failed": failed, "settings": config.name}
 
 
@@ -183,13 +186,3 @@ def group_key(config: TeachersConfig, round_key: str = "") -> str:
     """The policy-version slot of rollouts.group_id for a group sampled across teachers."""
     return f"{config.name}\x1f{round_key}" if round_key else config.name
 
-
-def torch_temperatures(sampling, size: int, generators):
-    """Each sample's temperature, drawn from its group's generator as rollouts.sample_states draws them."""
-    import torch
-
-    return torch.stack([
-        sampling.temperature - sampling.temperature_eps
-        + 2 * sampling.temperature_eps * torch.rand(size, generator=g, device=g.device).double().cpu()
-        for g in generators
-    ])
