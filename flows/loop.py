@@ -16,7 +16,8 @@ from flows.slots import store_slot
 def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: int, train_start: str | None,
                    train_end: str | None, eval_start: str | None, eval_end: str | None, model: str | None,
                    eval_every: int, out_dir: str | None, policy: str = "llm", mode: str = "pairwise",
-                   list_size: int = 4, teachers: dict[str, str] | None = None) -> dict:
+                   list_size: int = 4, teachers: dict[str, str] | None = None,
+                   teacher_weighting: dict | None = None) -> dict:
     """Run the loop; returns the last checkpoint id and the evaluation rows (small numbers)."""
     from pathlib import Path
 
@@ -33,7 +34,8 @@ def run_iterations(db_path: str | None, iterations: int, synthetic: bool, seed: 
                                  out_dir, progress)
             cfg = loop_config(con, synthetic=synthetic, mode=mode, list_size=list_size, seed=seed,
                               train_start=train_start, train_end=train_end, eval_start=eval_start, eval_end=eval_end,
-                              iterations=iterations, model=model, eval_every=eval_every, teachers=teachers)
+                              iterations=iterations, model=model, eval_every=eval_every, teachers=teachers or None,
+                              teacher_weighting=teacher_weighting or {})
             out = Path(out_dir) if out_dir else db.beside(db_path, "loop")
             res = run_loop(con, cfg, out, default_root(db_path),
                            on_iteration=lambda r: update_progress_artifact(progress, 100.0 * r["iteration"] / iterations))
@@ -75,15 +77,16 @@ def loop_flow(iterations: int = 10, db: str | None = None, synthetic: bool = Fal
               train_start: str | None = None, train_end: str | None = None, eval_start: str | None = None,
               eval_end: str | None = None, model: str | None = None, eval_every: int = 5, out_dir: str | None = None,
               policy: str = "llm", mode: str = "pairwise", list_size: int = 4,
-              teachers: dict[str, str] | None = None) -> dict:
+              teachers: dict[str, str] | None = None, teacher_weighting: dict | None = None) -> dict:
     """`hitchhiker loop` as a flow: N iterations, held-out greedy accuracy (listwise: pair-ordering accuracy; policy
     'beta-head': the Beta head's held-out mean reward beside the random baseline's) as a table artifact.
     teachers: {policy_version: checkpoint id, folder or 'base'}: the student trains on their groups (issue 21); the
-    teachers' weights per date become a second table artifact."""
+    teachers' weights per date become a second table artifact. teacher_weighting: hitchhiker.teachers.TeachersConfig's
+    half_life_dates, temperature, floor, stale_days, stale_share."""
     if policy not in ("llm", "beta-head"):
         raise ValueError(f"policy {policy!r} is not 'llm' or 'beta-head'")
     out = run_iterations(db, iterations, synthetic, seed, train_start, train_end, eval_start, eval_end, model, eval_every,
-                         out_dir, policy, mode, list_size, teachers)
+                         out_dir, policy, mode, list_size, teachers, teacher_weighting)
     if policy == "beta-head":
         create_table_artifact(table=out["history"], key="loop-beta-head", description="held-out mean reward_usd")
         last = out["history"][-1]

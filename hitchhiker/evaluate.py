@@ -331,7 +331,8 @@ def evaluate(con: duckdb.DuckDBPyConnection, candidate: str, start, end, config:
         anonymization_note=_anonymization_note(run.summaries[candidate_name]),
         contamination_note=(f"CONTAMINATED: {contamination}" if contamination else
                             "none found (the base model's knowledge cutoff and the training data precede the window)"),
-        training_rewards=training_rewards(con, candidate_name, spec_name) if kinds[candidate_name] == "checkpoint" else []))
+        training_rewards=training_rewards(con, candidate_name, spec_name) if kinds[candidate_name] == "checkpoint" else [],
+        teacher_weights=teacher_weights(con, candidate_name) if kinds[candidate_name] == "checkpoint" else []))
     _store(con, run_id, rows, pd.concat(decision_rows, ignore_index=True), run.report_path)
     return run
 
@@ -445,6 +446,16 @@ def training_rewards(con, checkpoint_id: str, spec_name: str) -> list[tuple[int,
     except duckdb.CatalogException:  # no rewards table: nothing to plot
         return []
     return [(i + 1, float(m)) for i, (_, _, m) in enumerate(rows) if m is not None]
+
+
+def teacher_weights(con, checkpoint_id: str) -> list[tuple[date, str, float, bool]]:
+    """(decision date, teacher, weight, forced) of the teachers whose groups the checkpoint's lineage trained on
+    (sql/evaluate/teacher_weights.sql); empty when it trained on its own groups."""
+    try:
+        rows = con.execute(db.sql_text("evaluate/teacher_weights"), {"checkpoint_id": checkpoint_id}).fetchall()
+    except duckdb.CatalogException:  # a store from before migration 014: no teachers
+        return []
+    return [(d, t, float(w), bool(f)) for d, t, w, f, _ in rows]
 
 
 def _store(con, run_id: str, rows: list[tuple], decisions: pd.DataFrame, report_path: Path) -> None:

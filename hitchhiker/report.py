@@ -43,6 +43,7 @@ class ReportInput:
     contamination_note: str = ""  # whether the window lies before a compared model's knowledge or training cutoff
     training_rewards: list[tuple[int, float]] = field(default_factory=list)  # (iteration, mean reward_usd)
     gate_note: str = ""
+    teacher_weights: list[tuple] = field(default_factory=list)  # (decision date, teacher, weight, forced): issue 21
 
 
 def equity_figure(results: list[SubjectResult]) -> Figure:
@@ -117,6 +118,28 @@ def learning_curve_figure(history: list[dict], target: float | None = None) -> F
     return fig
 
 
+def teacher_weights_figure(rows: list[tuple]) -> Figure:
+    """Each teacher's weight per decision date (the share of every group of that date it sampled), a cross where
+    the stale rule forced it back in."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for i, teacher in enumerate(sorted({t for _, t, _, _ in rows})):
+        mine = [(d, w, f) for d, t, w, f in rows if t == teacher]
+        dates = np.asarray([d for d, _, _ in mine], dtype="datetime64[D]")
+        ax.plot(dates, [w for _, w, _ in mine], marker=".", color=f"C{i}", label=teacher)
+        forced = [(d, w) for d, w, f in mine if f]
+        if forced:
+            ax.scatter(np.asarray([d for d, _ in forced], dtype="datetime64[D]"), [w for _, w in forced], marker="x",
+                       s=60, color=f"C{i}", label=f"{teacher}: forced (stale)")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("decision date")
+    ax.set_ylabel("weight (share of each group)")
+    ax.set_title("Teacher weights over time")
+    ax.legend(loc="best", fontsize="small")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
 def prepend(report_path: str | Path, lines: list[str], figures: dict[str, Figure] | None = None) -> None:
     """Put markdown `lines` above what the report says (its first screen), their figures saved beside it."""
     path = Path(report_path)
@@ -179,6 +202,8 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
         "training_reward.png": training_figure(data.training_rewards, data.results, data.candidate),
         "actions.png": actions_figure(data.results, "first_ranked_fractions" if data.mode == "listwise" else "action_fractions"),
     }
+    if data.teacher_weights:
+        figures["teacher_weights.png"] = teacher_weights_figure(data.teacher_weights)
     for name, fig in figures.items():
         fig.savefig(run_dir / name, dpi=100)
         plt.close(fig)
@@ -214,6 +239,9 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
               "![Cumulative reward vs baselines](equity.png)", "",
               "![Reward per training iteration](training_reward.png)", "",
               "![Action distribution](actions.png)", ""]
+    if data.teacher_weights:
+        lines += ["The candidate trained on groups its teachers sampled; their weights per date "
+                  "(sql/teachers/over_time.sql):", "", "![Teacher weights over time](teacher_weights.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -72,18 +72,17 @@ def test_grpo_loop_learns(tmp_path):
     print("learned:", outcomes[-1])  # (seconds: printed; bench/learning.py times it)
 
 
-LISTWISE_HELD = 0.7  # held-out pair-ordering accuracy the listwise test holds (issue 20 asks 0.8: see below)
+LISTWISE_HELD = 0.8  # held-out pair-ordering accuracy: issue 20's acceptance
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_grpo_loop_learns_to_rank_baskets(tmp_path):
     """The listwise loop learns on the market of triples (ranked UP > FLAT > DOWN by their trend words): the held-out
-    pair-ordering accuracy goes from chance to >= 0.7 within the time budget, with valid greedy rankings at every
-    evaluation. Issue 20 asks for >= 0.8: with the default model as built on the 2026-12-04 machine both seeds stall
-    at 0.71-0.72 (seed 0: 0.483 to 0.599 at iteration 80, 0.708 at 116, flat to 224; seed 1: 0.718 at 96), where the
-    build of the machine before reached 0.88 (seed 0, iteration 52); so this test holds what every build measured so
-    far, and issue 20 stays open on the rest."""
+    pair-ordering accuracy goes from chance to >= 0.8 within the 10-minute budget, with valid greedy rankings at every
+    evaluation. Measured on the 2026-12-04 build of the default model (seed 0): 0.483 to 0.826 at iteration 92 and
+    0.881 at 104 (about 190 s alone on 2 cores); at temperature 1 with a symmetric clip the same build stalled at
+    0.708 (loop.synthetic_setup says why it samples at 1.2 with clip-higher)."""
     from hitchhiker.default_model import default_model_path
 
     default_model_path()
@@ -103,10 +102,10 @@ def test_grpo_loop_learns_to_rank_baskets(tmp_path):
         assert start["iteration"] == 0 and start["n"] == 240  # 60 held-out dates x 4 triples
         assert start["valid_rate"] >= 0.95 and start["accuracy"] <= 0.6 and start["p_value"] > 1e-3
         sampled = [i["sample_valid_rate"] for i in res.iterations]
-        # the held-out rankings (greedy) valid at every evaluation; the sampled ones start lower (about 0.8 in the
-        # first iterations: temperature 1 on a format the warm-up taught a 2-layer model) and GRPO's invalid penalty
-        # lifts them, so their mean over the run is held to 0.9
-        valid = min(h["valid_rate"] for h in res.history) >= 0.95 and sum(sampled) / len(sampled) >= 0.9
+        # the held-out rankings (greedy) valid at every evaluation; the sampled ones start lower (about 0.6 in the
+        # first iteration: temperature 1.2 on a format the warm-up taught a 2-layer model) and GRPO's invalid penalty
+        # lifts them (to about 0.95 from iteration 60), so their mean over the run is held to 0.85
+        valid = min(h["valid_rate"] for h in res.history) >= 0.95 and sum(sampled) / len(sampled) >= 0.85
         learned = end["accuracy"] >= LISTWISE_HELD and end["p_value_by_date"] < 1e-3 and end["seconds"] <= BUDGET_S
         outcomes.append(dict(seed=seed, accuracy=end["accuracy"], seconds=end["seconds"], iteration=end["iteration"],
                              min_valid_rate=min(h["valid_rate"] for h in res.history),
@@ -158,7 +157,7 @@ def test_loop_config_names_what_is_wrong(tmp_path):
         loop_config(con, synthetic=False, train_start="2016-01-04")
     assert con.execute("SELECT count(*) FROM prices").fetchall() == [(0,)]  # nothing written
     cfg = loop_config(con, synthetic=True, mode="listwise", iterations=2)
-    assert (cfg.states.mode, cfg.states.list_size, cfg.sampling.max_new_tokens, cfg.grpo.learning_rate) == (
-        "listwise", 3, 12, 1e-4)
+    assert (cfg.states.mode, cfg.states.list_size, cfg.sampling.max_new_tokens, cfg.grpo.learning_rate,
+            cfg.sampling.temperature, cfg.grpo.epsilon_high) == ("listwise", 3, 12, 1e-4, 1.2, 0.28)
     assert cfg.ticker_groups[0] == ["SYN00A", "SYN00B", "SYN00C"] and cfg.iterations == 2
     con.close()

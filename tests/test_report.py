@@ -76,3 +76,21 @@ def test_prepend_puts_a_front_page_with_its_figure_above_the_report(tmp_path):
 
 def test_learning_curve_is_labelled():
     _check_axes(report.learning_curve_figure([{"iteration": 0, "accuracy": 0.5}]))
+
+
+def test_teacher_weights_are_plotted_when_the_candidate_trained_on_teachers(tmp_path):
+    from datetime import date
+
+    rows = [(date(2017, 1, d), t, w, f) for d in range(2, 8)
+            for t, w, f in (("ckpt-a", 0.5 + 0.05 * d, False), ("base:x", 0.5 - 0.05 * d, d == 6))]
+    fig = report.teacher_weights_figure(rows)
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["base:x", "ckpt-a"]
+    assert list(lines[1].get_ydata()) == [w for _, t, w, _ in rows if t == "ckpt-a"]
+    assert "base:x: forced (stale)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    _check_axes(fig)
+    data = _input()
+    data.teacher_weights = rows
+    text = report.write_report(tmp_path / "run", data).read_text()
+    assert "teacher_weights.png" in re.findall(r"!\[[^\]]+\]\(([^)]+)\)", text)
+    assert mpimg.imread(tmp_path / "run" / "teacher_weights.png").std() > 0

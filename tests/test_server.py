@@ -108,10 +108,12 @@ def test_daily_deployment_completes_with_a_retried_fetch_training_on_the_gpu_poo
 
     with get_client(sync_client=True) as client:  # what `prefect deploy --all` made of deployments/prefect.yaml
         deployed = {name: client.read_deployment_by_name(name) for name in
-                    ("daily/daily", "backfill/backfill", "ingest_prices/ingest", "train/train", "evaluate/evaluate")}
+                    ("daily/daily", "backfill/backfill", "ingest_prices/ingest", "train/train", "evaluate/evaluate",
+                     "loop/loop")}
     assert {n: d.work_pool_name for n, d in deployed.items()} == {
         "daily/daily": "cpu", "backfill/backfill": "cpu", "ingest_prices/ingest": "cpu", "train/train": "gpu",
-        "evaluate/evaluate": "cpu"}
+        "evaluate/evaluate": "cpu", "loop/loop": "gpu"}
+    assert deployed["loop/loop"].parameters["teachers"] == {} and "teacher_weighting" in deployed["loop/loop"].parameters
     (schedule,) = deployed["daily/daily"].schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == (
         "30 17 * * 1-5", "America/New_York", True)

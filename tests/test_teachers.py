@@ -159,6 +159,10 @@ def test_a_group_is_split_across_teachers_and_trains_the_student(tmp_path):
                         tmp_path / "student")
     assert result.checkpoint_id and con.execute("SELECT len(groups_used) FROM checkpoints WHERE checkpoint_id = ?",
                                                 [result.checkpoint_id]).fetchone()[0] == len(ids)
+    from hitchhiker import evaluate  # the report's weights plot: the weights of the dates the checkpoint trained on
+
+    stored = con.execute("SELECT decision_date, teacher, weight, forced FROM teacher_weights ORDER BY 1, 2").fetchall()
+    assert len(stored) == 2 * 3 and evaluate.teacher_weights(con, result.checkpoint_id) == stored
     con.close()
 
 
@@ -194,13 +198,19 @@ def test_loop_cli_and_flow_take_teachers(tmp_path, prefect_harness):
     assert p.returncode == 0, p.stderr[-3000:]
     con = db.connect(tmp_path / "cli.duckdb", read_only=True)
     assert {v for (v,) in con.execute("SELECT DISTINCT policy_version FROM replay").fetchall()} == {"one", "two"}
+    (cli_settings,) = con.execute("SELECT DISTINCT settings FROM teacher_weights").fetchone()
     con.close()
     p = subprocess.run(exe + ["--db", str(tmp_path / "bad.duckdb"), "--teacher", "one"], capture_output=True, text=True,
                        timeout=900, env=os.environ)
     assert p.returncode != 0 and "--teacher 'one': give NAME=SOURCE" in p.stderr
     out = loop_flow(iterations=1, db=str(tmp_path / "flow.duckdb"), synthetic=True, eval_every=1,
-                    teachers={"one": "base", "two": "base"})
+                    teachers={"one": "base", "two": "base"}, teacher_weighting={"floor": 0.1, "stale_days": 5})
     assert out["checkpoint_id"].startswith("grpo-")
     con = db.connect(tmp_path / "flow.duckdb", read_only=True)
     assert con.execute("SELECT count(DISTINCT teacher) FROM teacher_weights").fetchone()[0] == 2
+    (flow_settings,) = con.execute("SELECT DISTINCT settings FROM teacher_weights").fetchone()
     con.close()
+    assert flow_settings != cli_settings  # the flow's weighting (floor, stale rule) is part of the settings' name
+    with pytest.raises(ValueError, match=r"teacher_weighting \['flor'\]: not a weighting setting"):
+        loop_flow(iterations=1, db=str(tmp_path / "bad-flow.duckdb"), synthetic=True, eval_every=1,
+                  teachers={"one": "base"}, teacher_weighting={"flor": 0.1})
