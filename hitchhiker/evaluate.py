@@ -21,7 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from hitchhiker import baselines, contract, cutoffs, db, faults, grounding, metrics, report
+from hitchhiker import baselines, contract, cutoffs, db, faults, grounding, metrics, registry, report
 from hitchhiker.states import as_date
 
 EVALUATOR_VERSION = "eval-v1"
@@ -452,7 +452,8 @@ def teacher_weights(con, checkpoint_id: str) -> list[tuple[date, str, float, boo
     """(decision date, teacher, weight, forced) of the teachers whose groups the checkpoint's lineage trained on
     (sql/evaluate/teacher_weights.sql); empty when it trained on its own groups."""
     try:
-        rows = con.execute(db.sql_text("evaluate/teacher_weights"), {"checkpoint_id": checkpoint_id}).fetchall()
+        rows = con.execute(db.sql_text("evaluate/teacher_weights"),
+                           {"groups": registry.lineage_groups(con, checkpoint_id)}).fetchall()
     except duckdb.CatalogException:  # a store from before migration 014: no teachers
         return []
     return [(d, t, float(w), bool(f)) for d, t, w, f, _ in rows]

@@ -53,9 +53,14 @@ def equity_figure(results: list[SubjectResult]) -> Figure:
         dates = np.asarray(r.dates, dtype="datetime64[D]")
         ax.plot(dates, np.cumsum(r.daily_reward_usd), label=r.subject, linewidth=2 if not r.subject.startswith("baseline:") else 1)
     ax.axhline(0.0, color="grey", linewidth=0.5)
+    return _dated(fig, ax, "cumulative reward (USD per $1 per day)", "Cumulative reward vs baselines")
+
+
+def _dated(fig: Figure, ax, ylabel: str, title: str) -> Figure:
+    """Finish a figure over decision dates: labels, title, legend, slanted dates."""
     ax.set_xlabel("decision date")
-    ax.set_ylabel("cumulative reward (USD per $1 per day)")
-    ax.set_title("Cumulative reward vs baselines")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
     fig.autofmt_xdate()
     fig.tight_layout()
@@ -131,13 +136,7 @@ def teacher_weights_figure(rows: list[tuple]) -> Figure:
             ax.scatter(np.asarray([d for d, _ in forced], dtype="datetime64[D]"), [w for _, w in forced], marker="x",
                        s=60, color=f"C{i}", label=f"{teacher}: forced (stale)")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("decision date")
-    ax.set_ylabel("weight (share of each group)")
-    ax.set_title("Teacher weights over time")
-    ax.legend(loc="best", fontsize="small")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    return fig
+    return _dated(fig, ax, "weight (share of each group)", "Teacher weights over time")
 
 
 def prepend(report_path: str | Path, lines: list[str], figures: dict[str, Figure] | None = None) -> None:

@@ -185,6 +185,45 @@ def test_the_loop_trains_a_student_on_its_teachers_groups(tmp_path):
     con.close()
 
 
+TEACHER_ITERATIONS = 48  # the loop's checkpoint at 48 iterations: its samples are right ~98 % of the time
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_trained_checkpoint_of_the_loop_gains_weight_over_the_untrained_model(tmp_path):
+    """Issue 21's weights acceptance on real teachers: a checkpoint of the learning loop (TEACHER_ITERATIONS on the
+    synthetic market) and the untrained default model sample the groups of another loop; the weights computed from
+    their real rewards put the trained teacher above 0.8 within 15 decision dates, and no weight under floor / N."""
+    from hitchhiker import registry
+    from hitchhiker.loop import run_loop, synthetic_setup
+    from hitchhiker.synthetic import SyntheticMarket
+
+    con = db.connect(tmp_path / "teacher.duckdb")
+    cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=60, iterations=TEACHER_ITERATIONS,
+                          eval_every=TEACHER_ITERATIONS, target_accuracy=1.1, max_eval_states=64)
+    res = run_loop(con, cfg, tmp_path / "teacher-loop", tmp_path / "teacher-replay")
+    teacher = registry.get(con, res.checkpoint_id)["path"]
+    late = con.execute("SELECT avg((reward_usd > 0)::int) FROM rewards WHERE decision_date >= "
+                       "(SELECT max(decision_date) - 10 FROM rewards)").fetchone()[0]
+    con.close()
+    print(f"teacher: held-out accuracy {res.history[-1]['accuracy']:.3f}, its last samples right {late:.3f}")
+    assert late > 0.9  # a trained teacher: its own sampled answers, not only its greedy ones
+
+    con = db.connect(tmp_path / "mixed.duckdb")
+    cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=60, iterations=8, eval_every=8, max_eval_states=64)
+    cfg.teachers = {"trained": teacher, "untrained": "base"}
+    run_loop(con, cfg, tmp_path / "mixed-loop", tmp_path / "mixed-replay")
+    rows = con.execute("SELECT decision_date, teacher, weight FROM teacher_weights ORDER BY 1, 2").fetchall()
+    mean = dict(con.execute("SELECT policy_version, avg(reward_usd) FROM rewards GROUP BY 1").fetchall())
+    con.close()
+    trained = [w for _, t, w in rows if t == "trained"]
+    print("trained teacher's weight by date:", [round(w, 3) for w in trained], "mean reward:", mean)
+    floor = TeachersConfig(teachers=["a", "b"], reward_spec="x").floor
+    assert trained[0] == pytest.approx(0.5) and mean["trained"] > mean["untrained"]
+    assert any(w > 0.8 for w in trained[:15]) and len(trained) >= 15
+    assert all(w >= floor / 2 - 1e-12 for _, _, w in rows)
+
+
 def test_loop_cli_and_flow_take_teachers(tmp_path, prefect_harness):
     import os
     import subprocess
