@@ -158,6 +158,7 @@ def test_loop_config_names_what_is_wrong(tmp_path):
     assert con.execute("SELECT count(*) FROM prices").fetchall() == [(0,)]  # nothing written
     cfg = loop_config(con, synthetic=True, mode="listwise", iterations=2)
     assert (cfg.states.mode, cfg.states.list_size, cfg.sampling.max_new_tokens, cfg.grpo.learning_rate,
-            cfg.sampling.temperature, cfg.grpo.epsilon_high) == ("listwise", 3, 12, 1e-4, 1.2, 0.28)
+            cfg.sampling.temperature, cfg.grpo.epsilon_high, cfg.states_per_iteration) == (
+        "listwise", 3, 12, 1e-4, 1.2, 0.28, 32)
     assert cfg.ticker_groups[0] == ["SYN00A", "SYN00B", "SYN00C"] and cfg.iterations == 2
     con.close()
