@@ -18,7 +18,7 @@ from datetime import date
 from hitchhiker import db, registry, storage
 from hitchhiker.train import batch as batches
 from hitchhiker.train import checkpoints as ckpts
-from hitchhiker.train.config import DPOConfig, GRPOConfig, ORPOConfig, PreferenceConfig
+from hitchhiker.train.config import ADVANTAGE_COLUMNS, DPOConfig, GRPOConfig, ORPOConfig, PreferenceConfig
 from hitchhiker.train.data import Group, Rollout
 from hitchhiker.train.grpo import TrainResult, plan_config
 
@@ -43,8 +43,8 @@ def load_groups(
     end_date: date | None = None,
 ) -> list[Group]:
     """Matured groups (every rollout has a reward under reward_spec), ordered by decision date then group id."""
-    if advantage_column not in ("advantage", "advantage_drgrpo"):
-        raise ValueError(f"advantage_column {advantage_column!r} is not 'advantage' or 'advantage_drgrpo'")
+    if advantage_column not in ADVANTAGE_COLUMNS:
+        raise ValueError(f"advantage_column {advantage_column!r} is not one of {ADVANTAGE_COLUMNS}")
     spec = reward_spec or default_reward_spec()
     rows = con.execute(
         db.sql_text("train/groups"),

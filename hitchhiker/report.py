@@ -240,7 +240,8 @@ def write_report(run_dir: str | Path, data: ReportInput) -> Path:
               "![Action distribution](actions.png)", ""]
     if data.teacher_weights:
         lines += ["The candidate trained on groups its teachers sampled; their weights per date "
-                  "(sql/teachers/over_time.sql):", "", "![Teacher weights over time](teacher_weights.png)", ""]
+                  "(sql/evaluate/teacher_weights.sql, over the lineage's groups):", "",
+                  "![Teacher weights over time](teacher_weights.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

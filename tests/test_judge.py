@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from hitchhiker import contract, db, judge, replay, rewards
 from hitchhiker.loop import _build, synthetic_setup
 from hitchhiker.rollouts import group_id
 from hitchhiker.synthetic import SyntheticMarket
+
+JUDGE_ITERATIONS = 8
 
 # On the synthetic market every state shows 'Stock A trend: UP/DOWN' with the trend's return in its features.
 TEXTS = {  # completion template -> label; {up}/{down}: the stock whose shown trend rose / fell
@@ -132,3 +135,98 @@ def test_bad_judge_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="no \\*.safetensors or \\*.bin weights"):
         judge.judge_name(f"lm:{tmp_path}")
 
+
+
+def _advisor(con, cfg, out: Path, seed: int = 0) -> Path:
+    """The default model warmed up (SFT, 60 steps) to advise before it acts, for a random letter X: 3 times in 4
+    'Stock X is UP 99.5%.' (a made-up figure: the prompt shows no such number, so the grounding judge rejects it, -1),
+    else 'Stock X is.' (a name alone: neutral, 0), then 'ACTION: X'. Its greedy advice fabricates the figure: the
+    seed's hallucinating advisor. The market's reward does not depend on the advice, so only the judge's shift can
+    move the choice (one token after 'is', whatever the prompt says: learnable in a few iterations)."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hitchhiker.default_model import _format_warmup, default_model_path
+
+    rng = random.Random(seed)
+    examples = []
+    ids = _build(con, cfg, cfg.train_dates[:40])
+    for (messages,) in con.execute("SELECT messages FROM states WHERE list_contains(?, state_id) ORDER BY state_id",
+                                   [ids]).fetchall():
+        x = rng.choice("AB")
+        advice = f"Stock {x} is UP 99.5%." if rng.random() < 0.75 else f"Stock {x} is."
+        examples.append({"prompt": json.loads(messages),
+                         "completion": [{"role": "assistant", "content": f"{advice}\nACTION: {x}"}]})
+    base = default_model_path()
+    tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _format_warmup(model, tokenizer, examples, out / "warmup", seed, 60, 32, learning_rate=1e-3)
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_a_judge_shift_lowers_the_unsupported_claim_rate(tmp_path):
+    """Issue 21's acceptance: the same data and seeds, GRPO with judge_shift_usd 0.02 against 0 (JUDGE_ITERATIONS
+    each from the same hallucinating advisor, one store): the evaluation's unsupported-claim rate of the shifted
+    checkpoint is lower, with a date-block bootstrap interval of the difference above zero; reward_usd of the
+    rollouts both runs rewarded is identical. Measured: advisor 0.5, shift 0 0.5 (it still writes the figure),
+    shift 0.02 0.0 ('Stock A is.'), on every one of the 40 dates; with the shift's sign reversed the test fails."""
+    import dataclasses
+
+    import numpy as np
+
+    from hitchhiker import metrics
+    from hitchhiker.evaluate import EvalConfig, evaluate
+    from hitchhiker.loop import run_loop
+
+    con = db.connect(tmp_path / "shift.duckdb")
+    cfg = synthetic_setup(con, SyntheticMarket(seed=0), eval_dates=40, iterations=JUDGE_ITERATIONS,
+                          eval_every=JUDGE_ITERATIONS, max_eval_states=64, seed=0)
+    cfg.model = str(_advisor(con, cfg, tmp_path / "advisor"))
+    cfg.sampling = dataclasses.replace(cfg.sampling, max_new_tokens=24)  # 'Stock A is UP 99.5%.\nACTION: A': 15 tokens
+    checkpoints, specs = {}, {}
+    for shift in (0.0, 0.02):
+        # no invalid penalty: a longer advice is more often garbled, and the penalty alone (not the judge) then
+        # taught both runs to drop the made-up figure; the KL term (beta) keeps both writing advice instead
+        spec = rewards.RewardSpec(invalid_penalty_usd=0.0, judge="grounding" if shift else None, judge_shift_usd=shift)
+        run = dataclasses.replace(cfg, reward=spec, sampling=dataclasses.replace(cfg.sampling, seed=0),
+                                  grpo=dataclasses.replace(cfg.grpo, seed=0, shuffle_seed=0, beta=0.1))
+        checkpoints[shift] = run_loop(con, run, tmp_path / f"loop{shift}", tmp_path / "replay").checkpoint_id
+        specs[shift] = spec.reward_spec
+    same = con.execute("SELECT count(*), count(*) FILTER (WHERE a.reward_usd = b.reward_usd) FROM rewards a "
+                       "JOIN rewards b USING (rollout_id) WHERE a.reward_spec = ? AND b.reward_spec = ?",
+                       [specs[0.0], specs[0.02]]).fetchone()
+    assert same[0] >= 16 * 16 and same[1] == same[0], same  # the first iteration's groups at least: one sampling
+    ev = evaluate(con, checkpoints[0.02], cfg.eval_dates[0], cfg.eval_dates[-1],
+                  EvalConfig(mode="pairwise", style="trend", baselines=(), model=cfg.model, max_new_tokens=24, n_boot=200),
+                  spec=rewards.RewardSpec(), compare_with=(checkpoints[0.0],))
+    daily = con.execute(
+        "SELECT e.subject, d.decision_date, sum(d.unsupported), sum(d.claims) FROM evaluation_decisions d "
+        "JOIN evaluations e USING (evaluation_id) WHERE e.run_id = ? AND e.subject_kind <> 'baseline' "
+        "GROUP BY ALL ORDER BY 1, 2", [ev.run_id]).fetchall()
+    by = {}
+    for subject, _, unsupported, claims in daily:
+        by.setdefault(subject, ([], []))[0].append(unsupported)
+        by[subject][1].append(claims)
+    (u_plain, c_plain), (u_shift, c_shift) = (np.array(by[checkpoints[s]], float) for s in (0.0, 0.02))
+    base = next(s for s in by if s.startswith("base:") or s not in checkpoints.values())
+    rate = {s: sum(u) / max(sum(c), 1) for s, (u, c) in by.items()}
+    lo, hi = metrics.bootstrap_ci(lambda idx: u_plain[idx].sum(1) / c_plain[idx].sum(1) - u_shift[idx].sum(1) / c_shift[idx].sum(1),
+                                  len(u_plain), n_boot=2000, seed=0)
+    print(f"unsupported-claim rate: advisor {rate[base]:.3f}, shift 0 {rate[checkpoints[0.0]]:.3f}, "
+          f"shift 0.02 {rate[checkpoints[0.02]]:.3f}; difference 95% CI [{lo:.3f}, {hi:.3f}]; claims "
+          f"{c_plain.sum():.0f} / {c_shift.sum():.0f}")
+    print(con.execute("SELECT e.subject, d.completion, count(*) FROM evaluation_decisions d JOIN evaluations e "
+                      "USING (evaluation_id) WHERE e.run_id = ? AND e.subject_kind <> 'baseline' GROUP BY ALL "
+                      "ORDER BY 1, 3 DESC", [ev.run_id]).fetchall())
+    assert c_plain.sum() >= 40 and c_shift.sum() >= 40  # both still advise (claims to check)
+    assert rate[checkpoints[0.02]] < rate[checkpoints[0.0]] and lo > 0
+    con.close()

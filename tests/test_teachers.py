@@ -182,6 +182,17 @@ def test_the_loop_trains_a_student_on_its_teachers_groups(tmp_path):
     groups = {g for (gs,) in used for g in gs}
     assert groups == {g for (g,) in con.execute("SELECT group_id FROM teacher_groups").fetchall()}
     assert con.execute("SELECT count(DISTINCT decision_date) FROM teacher_weights").fetchone()[0] >= 2
+    # the loop's teacher_grpo: no importance weight on the teachers' rows (exactly 1 in every step's metrics) ...
+    assert all(json.loads(m)["is_weight_mean"] == 1.0 for (m,) in
+               con.execute("SELECT train_metrics FROM checkpoints").fetchall())
+    # ... and advantages against the mean of the group's own 'self' rows (the group mean where it has none)
+    check = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE abs(a.advantage_self - (a.shaped_reward_usd - coalesce(s.m, "
+        "a.group_mean_usd)) / (a.group_std_usd + 1e-4)) < 1e-9), count(*) FILTER (WHERE s.m IS NOT NULL AND "
+        "abs(a.advantage_self - a.advantage) > 1e-6) FROM advantages a LEFT JOIN (SELECT group_id, reward_spec, "
+        "avg(shaped_reward_usd) AS m FROM rewards WHERE policy_version = 'self' GROUP BY ALL) s USING (group_id, "
+        "reward_spec)").fetchone()
+    assert check[0] == 2 * 8 * cfg.sampling.group_size and check[1] == check[0] and check[2] > 0, check
     con.close()
 
 

@@ -127,3 +127,20 @@ def test_a_token_outside_the_nucleus_gives_no_nan_in_loss_or_gradients(policy, p
     if pi_old == "proximal":  # pi_prox / pi_behaviour = 0 on that token
         weights = importance_weights(logps.detach(), batch, config)
         assert float(weights[row, pos]) == 0.0 and bool(torch.isfinite(weights).all())
+
+
+def test_is_mode_none_trains_a_teachers_rows_as_the_students_own(policy):
+    """is_mode 'none' (issue 21's teachers): rows whose behaviour log-probs are another model's get no importance
+    weight, so the loss equals the loss of the same rows had the student sampled them; the truncated weight differs."""
+    batch = collate(_sample(policy, top_p=1.0, seed=2), policy.tokenizer.pad_token_id, share_prompts=True)
+    with torch.no_grad():
+        logps = per_token_logps(policy.model, batch)
+    batch["advantages"] = torch.linspace(-1.0, 1.0, batch["advantages"].numel())
+    teacher = dict(batch, behaviour_logps=torch.where(batch["completion_mask"].bool(), logps - 0.7, 0.0))  # surer
+    own = dict(batch, behaviour_logps=logps)
+    none, _ = grpo_loss(logps, teacher, GRPOConfig(is_mode="none"))
+    truncated, metrics = grpo_loss(logps, teacher, GRPOConfig(is_mode="token_truncate"))
+    as_own, _ = grpo_loss(logps, own, GRPOConfig(is_mode="token_truncate"))
+    assert float(none) == pytest.approx(float(as_own), abs=1e-7)
+    assert metrics["is_weight_mean"] == pytest.approx(float(torch.exp(torch.tensor(0.7))), rel=1e-4)
+    assert abs(float(truncated) - float(none)) > 1e-4

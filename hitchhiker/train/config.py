@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
-ADVANTAGE_COLUMNS = ("advantage", "advantage_drgrpo")
+ADVANTAGE_COLUMNS = ("advantage", "advantage_drgrpo", "advantage_self")
 PI_OLD = ("proximal", "behaviour")
-IS_MODES = ("token_truncate", "sequence_truncate")
+IS_MODES = ("token_truncate", "sequence_truncate", "none")
 
 
 @dataclass
@@ -30,7 +30,8 @@ class GRPOConfig(FinetuneConfig):
     """GRPO over stored groups. Names follow TRL's GRPOConfig where the meaning is the same."""
 
     reward_spec: str | None = None  # None = the rewards stage's default spec
-    advantage_column: str = "advantage"  # 'advantage' = (r - mean)/(std + eps); 'advantage_drgrpo' = r - mean
+    advantage_column: str = "advantage"  # 'advantage' = (r - mean)/(std + eps); 'advantage_drgrpo' = r - mean;
+    # 'advantage_self' = (r - mean of the group's own 'self' rows)/(std + eps): for groups split across teachers
     loss_type: str = "dr_grpo"  # aggregation: grpo (per-sequence mean), bnpo/dapo (per token), dr_grpo (sum / (B * L))
     # Dr. GRPO divides by a constant completion length; None = the longest completion in the run's plan.
     max_completion_length: int | None = None
@@ -42,6 +43,9 @@ class GRPOConfig(FinetuneConfig):
     # min(pi_prox / pi_behaviour, is_cap), which is TRL's correction for a sampler that is not the trainer (and here,
     # for rollouts sampled by an older checkpoint, days ago).
     pi_old: str = "proximal"
+    # 'none': no importance weight, every row is trained on as if the student had sampled it: for a teacher's rows
+    # (issue 21) the teacher's confidence (pi_student / pi_teacher ~ 0.5 on a deciding token) would shrink exactly
+    # the right answers the student has to learn; off-policy by design, so keep 'token_truncate' for stale samples
     is_mode: str = "token_truncate"
     is_cap: float = 3.0
     learning_rate: float = 3e-4

@@ -78,8 +78,11 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def importance_weights(prox_logps: torch.Tensor, batch: dict[str, torch.Tensor], config: GRPOConfig) -> torch.Tensor:
-    """Truncated importance weights min(pi_prox / pi_behaviour, cap): per token (B, T) or per sequence (B, 1)."""
+def importance_weights(prox_logps: torch.Tensor, batch: dict[str, torch.Tensor], config: GRPOConfig) -> torch.Tensor | None:
+    """Truncated importance weights min(pi_prox / pi_behaviour, cap): per token (B, T) or per sequence (B, 1);
+    None for is_mode 'none' (no correction)."""
+    if config.is_mode == "none":
+        return None
     # where, not a product: prox_logps is -inf at a token outside the proximal policy's nucleus (weight 0 then),
     # which may also be a padding position, and -inf * 0 is NaN
     diff = torch.where(batch["completion_mask"].bool(), prox_logps - batch["behaviour_logps"], 0.0)

@@ -18,6 +18,7 @@ SELECT
     a.reward_usd,
     a.advantage,
     a.advantage_drgrpo,
+    a.advantage_self,
     a.zero_variance
 FROM replay AS r
 JOIN advantages AS a USING (rollout_id)
