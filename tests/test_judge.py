@@ -13,7 +13,7 @@ from hitchhiker.loop import _build, synthetic_setup
 from hitchhiker.rollouts import group_id
 from hitchhiker.synthetic import SyntheticMarket
 
-JUDGE_ITERATIONS = 8
+JUDGE_ITERATIONS = 10
 
 # On the synthetic market every state shows 'Stock A trend: UP/DOWN' with the trend's return in its features.
 TEXTS = {  # completion template -> label; {up}/{down}: the stock whose shown trend rose / fell
@@ -138,7 +138,7 @@ def test_bad_judge_settings_are_named(tmp_path):
 
 
 def _advisor(con, cfg, out: Path, seed: int = 0) -> Path:
-    """The default model warmed up (SFT, 60 steps) to advise before it acts, for a random letter X: 3 times in 4
+    """The default model warmed up (SFT, 60 steps) to advise before it acts, for a random letter X: 85 % of the time
     'Stock X is UP 99.5%.' (a made-up figure: the prompt shows no such number, so the grounding judge rejects it, -1),
     else 'Stock X is.' (a name alone: neutral, 0), then 'ACTION: X'. Its greedy advice fabricates the figure: the
     seed's hallucinating advisor. The market's reward does not depend on the advice, so only the judge's shift can
@@ -156,7 +156,7 @@ def _advisor(con, cfg, out: Path, seed: int = 0) -> Path:
     for (messages,) in con.execute("SELECT messages FROM states WHERE list_contains(?, state_id) ORDER BY state_id",
                                    [ids]).fetchall():
         x = rng.choice("AB")
-        advice = f"Stock {x} is UP 99.5%." if rng.random() < 0.75 else f"Stock {x} is."
+        advice = f"Stock {x} is UP 99.5%." if rng.random() < 0.85 else f"Stock {x} is."
         examples.append({"prompt": json.loads(messages),
                          "completion": [{"role": "assistant", "content": f"{advice}\nACTION: {x}"}]})
     base = default_model_path()
@@ -178,7 +178,9 @@ def test_a_judge_shift_lowers_the_unsupported_claim_rate(tmp_path):
     each from the same hallucinating advisor, one store): the evaluation's unsupported-claim rate of the shifted
     checkpoint is lower, with a date-block bootstrap interval of the difference above zero; reward_usd of the
     rollouts both runs rewarded is identical. Measured: advisor 0.5, shift 0 0.5 (it still writes the figure),
-    shift 0.02 0.0 ('Stock A is.'), on every one of the 40 dates; with the shift's sign reversed the test fails."""
+    shift 0.02 0.0 ('Stock A is.'), on every one of the 40 dates; with the shift's sign reversed the test fails.
+    A race, honestly: the market slowly favours the shorter advice too (12 iterations from a 90 % advisor took the
+    unshifted run to 0.0 as well); the shift gets there first."""
     import dataclasses
 
     import numpy as np
