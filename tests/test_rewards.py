@@ -377,7 +377,7 @@ def test_advantages_match_grpo_definitions(store):
 
 
 def test_advantages_view_in_migration_is_the_sql_file():
-    assert db.sql_text("advantages").strip().split("CREATE OR REPLACE VIEW")[1] in db.sql_text("migrations/014_teacher_weights")
+    assert db.sql_text("advantages").strip().split("CREATE OR REPLACE VIEW")[1] in db.sql_text("migrations/015_advantage_self")
 
 
 def _write_actions(path: Path) -> None:
